@@ -1,0 +1,146 @@
+"""Preconditioning wrappers: any network → one denoiser D(x, σ, cond) ≈ E[x_0 | x].
+
+``x`` is in σ-form, x = x_0 + σ ε, and ``sigma`` has shape (batch,). A network F is called as
+``F(x_in, noise_cond, cond)`` and predicts ε, x_0, v (or EDM's F_θ); each wrapper converts its
+parameterisation once, using the conversions below — the only place they are written.
+
+The VP view: with α = 1/√(1+σ²), the network sees z = α x = α x_0 + (σα) ε, which is the DDPM
+sample x_t for ᾱ_t = α²; v = α ε - σα x_0 (Salimans & Ho 2022, §4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UndiffuseError
+from .process import DiscreteSchedule
+
+Prediction = Literal["eps", "x0", "v"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+
+
+def _b(sigma: Tensor, x: Tensor) -> Tensor:
+    """Reshape σ of shape (batch,) (or a scalar) to broadcast against x."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.reshape(-1, *[1] * (x.ndim - 1)) if sigma.ndim == 1 else sigma
+
+
+# --------------------------------------------------------------------------- conversions
+def eps_to_x0(x: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+    """x̂_0 = x - σ ε̂."""
+    return x - _b(sigma, x) * eps
+
+
+def x0_to_eps(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+    """ε̂ = (x - x̂_0)/σ."""
+    return (x - x0) / _b(sigma, x)
+
+
+def v_to_x0(x: Tensor, sigma: Tensor, v: Tensor) -> Tensor:
+    """x̂_0 = α z - σα v with z = α x, i.e. (x - σ√(1+σ²) v)/(1+σ²)."""
+    s = _b(sigma, x)
+    alpha = (1 + s**2).rsqrt()
+    return alpha**2 * x - s * alpha * v
+
+
+def x0_to_v(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+    """v = α ε - σα x_0 (Salimans & Ho 2022, eq. 6 in σ-form)."""
+    s = _b(sigma, x)
+    alpha = (1 + s**2).rsqrt()
+    return alpha * (x - x0) / s - s * alpha * x0
+
+
+def x0_to_score(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+    """∇_x log p_σ(x) = (x̂_0 - x)/σ² (Tweedie's formula)."""
+    return (x0 - x) / _b(sigma, x) ** 2
+
+
+def score_to_x0(x: Tensor, sigma: Tensor, score: Tensor) -> Tensor:
+    """x̂_0 = x + σ² ∇ log p_σ(x)."""
+    return x + _b(sigma, x) ** 2 * score
+
+
+def to_x0(prediction: str, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
+    """Convert a network output of the given parameterisation to x̂_0."""
+    if prediction == "eps":
+        return eps_to_x0(x, sigma, out)
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        return v_to_x0(x, sigma, out)
+    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(PREDICTIONS)}")
+
+
+def from_x0(prediction: str, x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+    """The network target for a parameterisation, given the clean x_0 (inverse of :func:`to_x0`)."""
+    if prediction == "eps":
+        return x0_to_eps(x, sigma, x0)
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return x0_to_v(x, sigma, x0)
+    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(PREDICTIONS)}")
+
+
+# --------------------------------------------------------------------------- wrappers
+class Denoiser(nn.Module):
+    """Base class: ``forward(x, sigma, cond=None) -> x̂_0`` with ``sigma`` of shape (batch,)."""
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class VPDenoiser(Denoiser):
+    """A DDPM-style network (ε, x_0 or v) on the VP input z = x/√(1+σ²).
+
+    With a ``schedule`` the network is conditioned on the (fractional) discrete step t, as in
+    DDPM/DDIM; without one on the continuous noise level c_noise = ¼ ln σ.
+    """
+
+    def __init__(self, net: nn.Module, prediction: Prediction = "eps",
+                 schedule: DiscreteSchedule | None = None):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(PREDICTIONS)}")
+        self.net, self.prediction, self.schedule = net, prediction, schedule
+
+    def noise_cond(self, sigma: Tensor) -> Tensor:
+        """What the network is told about the noise level: t (discrete) or ¼ ln σ."""
+        if self.schedule is not None:
+            return self.schedule.sigma_to_t(sigma.detach().cpu()).to(sigma.device, torch.float32)
+        return sigma.log() / 4
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        s = _b(sigma, x)
+        out = self.net(x * (1 + s**2).rsqrt(), self.noise_cond(sigma), cond).to(x.dtype)
+        return to_x0(self.prediction, x, sigma, out)
+
+
+class EDMDenoiser(Denoiser):
+    """EDM preconditioning D = c_skip x + c_out F(c_in x, c_noise) (Karras et al. 2022, Table 1)."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net, self.sigma_data = net, sigma_data
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        s, sd = _b(sigma, x), self.sigma_data
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = (s**2 + sd**2).rsqrt()
+        out = self.net(c_in * x, sigma.log() / 4, cond).to(x.dtype)
+        return c_skip * x + c_out * out
+
+
+class ClampedDenoiser(Denoiser):
+    """Clamp x̂_0 to the data range, e.g. [-1, 1] for images (DDPM's "clip_sample")."""
+
+    def __init__(self, inner: nn.Module, lo: float = -1.0, hi: float = 1.0):
+        super().__init__()
+        self.inner, self.lo, self.hi = inner, lo, hi
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        return self.inner(x, sigma, cond).clamp(self.lo, self.hi)

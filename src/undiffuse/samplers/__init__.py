@@ -1,0 +1,13 @@
+"""Samplers: pure functions over a denoiser and a decreasing σ grid ending in 0.
+
+    from undiffuse import samplers
+    x0 = samplers.get("dpmpp_2m")(denoiser, x, sigmas, generator=gens)
+
+``names()`` lists every registered sampler; ``info(name)`` tells its order and whether it is stochastic.
+"""
+
+# Import order is the order of names(): the DDPM family, Runge–Kutta, multistep, adaptive.
+from . import ddpm, euler, lms, dpmpp, unipc, adaptive  # noqa: F401, I001  (registers the samplers)
+from .registry import SamplerInfo, get, info, make_generators, names, randn, register
+
+__all__ = ["SamplerInfo", "get", "info", "make_generators", "names", "randn", "register"]
