@@ -153,21 +153,19 @@ class DiscreteSchedule:
 
     def posterior(self, x_t: Tensor, x0: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0) (eq. 6–7); x_{-1} is the data."""
-        t = torch.as_tensor(t)
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars])  # ᾱ_{t-1}
-        return posterior(x_t, x0, _per_sample(self.alpha_bars, t, x_t),
-                         _per_sample(prev, t, x_t, offset=1))
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])  # ᾱ_{t-1}, ᾱ_{-1} = 1
+        return posterior(x_t, x0, _per_sample(self.alpha_bars, t, x_t), _per_sample(prev, t, x_t))
 
 
-def _per_sample(table: Tensor, t: Tensor | int, like: Tensor, offset: int = 0) -> Tensor:
+def _per_sample(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
     """table[t] as a tensor broadcastable against ``like`` (t scalar or of shape (batch,))."""
     t = torch.as_tensor(t, dtype=torch.long)
     if t.ndim > 1 or (t.ndim == 1 and len(t) != len(like)):
         raise UndiffuseError(f"t must be a scalar or have one entry per sample ({len(like)}), "
                              f"got shape {tuple(t.shape)}")
-    if bool(((t < 0) | (t >= len(table) - offset)).any()):
-        raise UndiffuseError(f"t must lie in [0, {len(table) - offset - 1}], got {t.tolist()}")
-    v = table[t + offset].to(like.dtype).to(like.device)
+    if bool(((t < 0) | (t >= len(table))).any()):
+        raise UndiffuseError(f"t must lie in [0, {len(table) - 1}], got {t.tolist()}")
+    v = table[t].to(like.dtype).to(like.device)
     return v.reshape(-1, *[1] * (like.ndim - 1)) if v.ndim else v
 
 
