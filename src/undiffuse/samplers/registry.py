@@ -111,8 +111,8 @@ def register(name: str, *, order: int | None, stochastic: bool, adaptive: bool =
             with torch.no_grad():
                 return body(_validated_model(denoiser, cond), x, grid, noise, cb, **opts)
 
-        _REGISTRY[name] = SamplerInfo(name, sampler, order, stochastic, adaptive,
-                                      (body.__doc__ or "").strip().splitlines()[0])
+        summary = (body.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = SamplerInfo(name, sampler, order, stochastic, adaptive, summary[0] if summary else name)
         return sampler
     return wrap
 
