@@ -1,0 +1,238 @@
+"""Typed run configs: dataclasses loaded from TOML, overridable with ``key=value``, saved as JSON.
+
+A recipe in ``configs/`` is a TOML file with one table per section ([data], [model], [diffusion],
+[train], [sample]); every field has a default and a reason. Unknown keys, wrong types and
+impossible values are refused before any work starts, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UndiffuseError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy
+    path: str = ""                   # image folder (name = "folder")
+    toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
+    toy_size: int = 20_000           # points drawn for a toy set
+    image_size: int = 32             # model resolution; images are resized / padded to it
+    channels: int = 1                # 1 grayscale, 3 RGB
+    flip: bool = False               # random horizontal flips (not for text or digits)
+    conditional: bool = True         # train with class labels when the data has them
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "unet"                              # unet | mlp
+    channels: int = 64                                  # base width of the U-Net (hidden width of the MLP)
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # width per level
+    num_res_blocks: int = 2                             # residual blocks per level
+    attention_resolutions: list[int] = field(default_factory=lambda: [8])  # feature-map sizes with attention
+    dropout: float = 0.1                                # ADM uses 0.1 on small data sets
+    num_heads: int = 4                                  # attention heads
+    groups: int = 32                                    # GroupNorm groups (must divide every width)
+    mlp_depth: int = 4                                  # residual blocks of the MLP backbone
+
+
+@dataclass
+class DiffusionConfig:
+    parameterization: str = "eps"    # eps | x0 | v (VP network) or edm (EDM preconditioning)
+    schedule: str = "cosine"         # β schedule: linear | cosine | scaled_linear (VP only)
+    timesteps: int = 1000            # T of the discrete chain (VP only)
+    min_snr_gamma: float = 0.0       # > 0: min-SNR-γ loss weighting (Hang et al. 2023); 0: native loss
+    sigma_data: float = 0.5          # EDM's σ_data
+    p_mean: float = -1.2             # EDM training density ln σ ~ N(p_mean, p_std²)
+    p_std: float = 1.2
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000              # optimizer steps
+    batch_size: int = 64             # images per optimizer step (split over grad_accum micro-batches)
+    grad_accum: int = 1              # micro-batches per step (same result, less memory)
+    lr: float = 2e-4                 # AdamW peak learning rate
+    warmup: int = 500                # linear warm-up steps
+    weight_decay: float = 0.0        # AdamW weight decay
+    grad_clip: float = 1.0           # max global gradient norm (0: off)
+    ema_decay: float = 0.999         # EMA of the weights, the copy that is sampled from
+    label_dropout: float = 0.1       # drop the label this often: learns p(x) too, for guidance
+    bf16: bool = True                # bf16 autocast on CPU (measured faster; attention stays fp32)
+    channels_last: bool = False      # memory format; measured per backbone
+    seed: int = 0                    # everything random (init, data order, noise) derives from it
+    log_every: int = 50              # steps between log lines (JSONL)
+    sample_every: int = 2000         # steps between sample grids from the EMA weights (0: off)
+    checkpoint_every: int = 1000     # steps between checkpoints
+    keep_checkpoints: int = 2        # how many step checkpoints to keep besides "latest"
+    threads: int = 0                 # torch threads (0: all cores)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "dpmpp_2m"        # default sampler for previews and `undiffuse sample`
+    steps: int = 20                  # sampling steps
+    grid: str = "karras"             # σ grid: karras | exponential | leading | trailing | linspace
+    guidance: float = 2.0            # classifier-free guidance scale (1: plain conditional)
+    n: int = 64                      # images in a preview grid
+
+
+@dataclass
+class Config:
+    name: str = "run"                # a label for the run and its model
+    out_dir: str = "runs/run"        # where checkpoints, logs, samples and the resolved config go
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> Config:
+        """Refuse impossible values, naming the field."""
+        positive = {"train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
+                    "train.grad_accum": self.train.grad_accum, "train.lr": self.train.lr,
+                    "data.image_size": self.data.image_size, "model.channels": self.model.channels,
+                    "sample.steps": self.sample.steps, "diffusion.timesteps": self.diffusion.timesteps,
+                    "train.checkpoint_every": self.train.checkpoint_every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise UndiffuseError(f"{key} must be positive, got {value}")
+        if self.train.batch_size % self.train.grad_accum:
+            raise UndiffuseError(f"train.batch_size ({self.train.batch_size}) must be divisible by "
+                                 f"train.grad_accum ({self.train.grad_accum})")
+        checks = [("train.ema_decay", 0 <= self.train.ema_decay < 1, "in [0, 1)"),
+                  ("train.label_dropout", 0 <= self.train.label_dropout < 1, "in [0, 1)"),
+                  ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
+                  ("data.channels", self.data.channels in (1, 3), "1 or 3"),
+                  ("diffusion.parameterization", self.diffusion.parameterization in ("eps", "x0", "v", "edm"),
+                   "eps, x0, v or edm"),
+                  ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy"),
+                   "fashion_mnist, folder, digits or toy")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")
+        if self.model.backbone == "unet":
+            factor = 2 ** (len(self.model.channel_mult) - 1)
+            if self.data.image_size % factor:
+                raise UndiffuseError(f"data.image_size ({self.data.image_size}) must be divisible by the U-Net's "
+                                     f"down-sampling factor {factor} (model.channel_mult has "
+                                     f"{len(self.model.channel_mult)} levels)")
+        if self.data.name == "folder" and not self.data.path:
+            raise UndiffuseError("data.path must name an image folder when data.name = 'folder'")
+        return self
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Coerce TOML/JSON/CLI values to the field's type, or refuse naming the field."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UndiffuseError(f"{key} must be a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError("union fields are not supported")  # pragma: no cover  (none exist)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UndiffuseError(f"{key} must be of type {tp.__name__}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build a (nested) config dataclass from a dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UndiffuseError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UndiffuseError(f"unknown config key {prefix}{unknown[0]}; known in "
+                             f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, tp)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain dicts and lists (JSON/TOML-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI value: TOML syntax where it parses (numbers, booleans, lists), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a config dict (values in TOML syntax)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UndiffuseError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UndiffuseError(f"override {key!r}: {part} is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML recipe (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UndiffuseError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise UndiffuseError(f"{p} is not valid TOML: {err}") from None
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Config, data).validate()
+
+
+def config_from_json(text: str) -> Config:
+    """A resolved config saved beside a model (JSON), checked like a recipe."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UndiffuseError(f"model config is not valid JSON: {err}") from None
+    return from_dict(Config, data).validate()

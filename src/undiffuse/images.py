@@ -1,0 +1,60 @@
+"""Images out: PNG files and grids that carry their generation parameters in a text chunk."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+from torch import Tensor
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] → (H, W) or (H, W, 3) uint8."""
+    a = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    a = a.permute(1, 2, 0).numpy()
+    return a[..., 0] if a.shape[2] == 1 else a
+
+
+def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """(N, C, H, W) → one (C, H', W') image, ``nrow`` per row (default √N), with white gaps."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i].detach().float().cpu()
+    return grid
+
+
+def infotext(params: dict[str, Any]) -> str:
+    """One human-readable line: "Sampler: dpmpp_2m, Steps: 20, Seed: 3, …"."""
+    return ", ".join(f"{k.replace('_', ' ').capitalize()}: {v}" for k, v in params.items())
+
+
+def save_png(path: str | Path, image: Tensor, params: dict[str, Any] | None = None, scale: int = 1) -> Path:
+    """Write a (C, H, W) image in [-1, 1]; ``params`` go into "parameters" (text) and "undiffuse" (JSON)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(image))
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    if params:
+        info.add_text("parameters", infotext(params))
+        info.add_text("undiffuse", json.dumps(params))
+    pil.save(path, pnginfo=info)
+    return path
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The JSON parameters stored by :func:`save_png` ({} if none)."""
+    with Image.open(path) as im:
+        text = im.text.get("undiffuse") if hasattr(im, "text") else None
+    return json.loads(text) if text else {}

@@ -1,0 +1,120 @@
+"""From a config to a network, its denoiser and its training noise density; loading trained models."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import process
+from .checkpoint import group, load_checkpoint, load_module_state
+from .config import Config, config_from_json
+from .denoiser import Denoiser, EDMDenoiser, VPDenoiser
+from .errors import UndiffuseError
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
+    """The discrete VP chain of a VP model (None for EDM, which is continuous in σ)."""
+    if cfg.diffusion.parameterization == "edm":
+        return None
+    return process.DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+
+
+def build_net(cfg: Config, num_classes: int, dim: int | None = None) -> nn.Module:
+    """The backbone F_θ; ``num_classes`` = 0 for an unconditional model, ``dim`` for vector data."""
+    m = cfg.model
+    embedding = "fourier" if cfg.diffusion.parameterization == "edm" else "positional"
+    if m.backbone == "mlp":
+        from .nets.mlp import MLP
+        return MLP(dim=dim or 2, width=m.channels, depth=m.mlp_depth, noise_embedding=embedding,
+                   num_classes=num_classes)
+    from .nets.unet import UNet
+    return UNet(in_channels=cfg.data.channels, image_size=cfg.data.image_size, channels=m.channels,
+                channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
+                attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
+                num_heads=m.num_heads, groups=m.groups, num_classes=num_classes, noise_embedding=embedding)
+
+
+def build_denoiser(cfg: Config, net: nn.Module) -> Denoiser:
+    """Wrap the backbone in its preconditioning (VP ε/x0/v on discrete t, or EDM)."""
+    if cfg.diffusion.parameterization == "edm":
+        return EDMDenoiser(net, sigma_data=cfg.diffusion.sigma_data)
+    return VPDenoiser(net, cfg.diffusion.parameterization, schedule=build_schedule(cfg))
+
+
+def training_sigmas(cfg: Config, schedule: process.DiscreteSchedule | None, n: int,
+                    generator: torch.Generator) -> Tensor:
+    """σ's drawn from the training density: σ_t with t uniform (DDPM) or EDM's log-normal."""
+    if schedule is None:
+        return process.sample_sigma_lognormal(n, cfg.diffusion.p_mean, cfg.diffusion.p_std, generator)
+    return schedule.sigmas[process.sample_t_uniform(schedule, n, generator)]
+
+
+def sigma_range(cfg: Config) -> tuple[float, float]:
+    """(σ_min, σ_max) to sample over: the chain's ends, or EDM's 0.002 … 80."""
+    schedule = build_schedule(cfg)
+    return (schedule.sigma_min, schedule.sigma_max) if schedule else (0.002, 80.0)
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: its EMA denoiser, config and metadata."""
+
+    denoiser: Denoiser
+    config: Config
+    class_names: list[str]
+    source: str
+    meta: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def sigmas(self, steps: int, grid: str | None = None) -> Tensor:
+        """A sampling grid for this model (default: its config's grid)."""
+        lo, hi = sigma_range(self.config)
+        return process.sigma_grid(grid or self.config.sample.grid, steps, schedule=build_schedule(self.config),
+                                  sigma_min=lo, sigma_max=hi)
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A run folder, a checkpoint / model file, or the name of a shipped model → a file to load."""
+    p = Path(model)
+    if p.is_dir():
+        for candidate in (p / "model.safetensors", p / "checkpoints" / "latest.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise UndiffuseError(f"{p} holds no model.safetensors or checkpoints/latest.safetensors")
+    if p.is_file():
+        return p
+    shipped = PRETRAINED_DIR / str(model) / "model.safetensors"
+    if shipped.is_file():
+        return shipped
+    names = sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / "model.safetensors").is_file()) \
+        if PRETRAINED_DIR.is_dir() else []
+    raise UndiffuseError(f"no model {str(model)!r}: not a run folder, a file, or a shipped model "
+                         f"(shipped: {', '.join(names) or 'none'})")
+
+
+def load_model(model: str | Path) -> LoadedModel:
+    """Load the EMA weights of a run, checkpoint, exported model or shipped model (safetensors + JSON)."""
+    path = resolve_model_path(model)
+    tensors, meta = load_checkpoint(path)
+    if "config" not in meta:
+        side = path.parent / "config.json"
+        if not side.is_file():
+            raise UndiffuseError(f"{path} has no config in its metadata and no config.json beside it")
+        meta = {**json.loads(side.read_text()), **meta}
+    cfg = config_from_json(json.dumps(meta["config"]))
+    class_names = list(meta.get("class_names", []))
+    net = build_net(cfg, len(class_names), dim=meta.get("dim"))
+    weights = group(tensors, "ema") or group(tensors, "model")
+    load_module_state(net, weights, what=str(path))
+    net.eval().requires_grad_(False)
+    return LoadedModel(build_denoiser(cfg, net), cfg, class_names, str(model), meta)

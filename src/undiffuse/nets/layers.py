@@ -1,0 +1,62 @@
+"""Layers shared by the backbones: embeddings of the noise level and of the class label."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UndiffuseError
+
+
+class PositionalEmbedding(nn.Module):
+    """Transformer sinusoids of a scalar, [cos(x ω_i), sin(x ω_i)] with ω_i = P^{-i/(d/2)}.
+
+    DDPM embeds the discrete step t ∈ [0, T) this way (Ho et al. 2020, §4; Vaswani et al. 2017, §3.5).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10_000.0):
+        super().__init__()
+        if dim % 2:
+            raise UndiffuseError(f"the embedding dimension must be even, got {dim}")
+        freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B,) -> (B, dim)
+        angle = x.float()[:, None] * self.freqs[None]
+        return torch.cat([angle.cos(), angle.sin()], dim=1)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features [cos 2πωx, sin 2πωx], ω ~ N(0, scale²), fixed at init.
+
+    For a continuous noise level such as c_noise = ¼ ln σ (Tancik et al. 2020; Song et al. 2021, NCSN++).
+    """
+
+    def __init__(self, dim: int, scale: float = 16.0):
+        super().__init__()
+        if dim % 2:
+            raise UndiffuseError(f"the embedding dimension must be even, got {dim}")
+        self.register_buffer("freqs", torch.randn(dim // 2) * scale)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B,) -> (B, dim)
+        angle = 2 * math.pi * x.float()[:, None] * self.freqs[None]
+        return torch.cat([angle.cos(), angle.sin()], dim=1)
+
+
+class LabelEmbedding(nn.Module):
+    """A learned vector per class plus one for "no class" (label -1, ``num_classes`` or ``cond=None``),
+    the null label that classifier-free guidance trains on (Ho & Salimans 2022)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor | None, batch: int) -> Tensor:  # (B,) or None -> (B, dim)
+        if labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.table.weight.device)
+        elif bool(((labels < -1) | (labels > self.num_classes)).any()):
+            raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}), -1 for 'no class'")
+        return self.table(torch.where(labels < 0, self.num_classes, labels))

@@ -1,0 +1,231 @@
+"""The training loop: draw x0 and label, draw σ, add noise, loss, step, EMA, log, checkpoint.
+
+Everything random comes from two sources whose states are checkpointed — ``gen`` (data order
+is derived from the seed and the step; flips, label dropout, σ and noise are drawn from it) and
+torch's global RNG (dropout) — so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import samplers
+from .checkpoint import (group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
+                         prefixed, save_checkpoint)
+from .config import Config, to_dict
+from .data.training import TrainingData, load_training_data
+from .ema import EMA
+from .errors import UndiffuseError
+from .guidance import CFGDenoiser
+from .images import make_grid, save_png
+from .losses import denoising_loss
+from .models import build_denoiser, build_net, build_schedule, sigma_range, training_sigmas
+from .process import sigma_grid
+
+log = logging.getLogger(__name__)
+
+
+class DataOrder:
+    """Sample indices in a fresh seeded permutation per epoch: position k → perm_{k // N}[k % N]."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._epoch, self._perm = n, seed, -1, torch.empty(0, dtype=torch.long)
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def indices(self, start: int, count: int) -> Tensor:
+        out = [self._permutation(k // self.n)[k % self.n] for k in range(start, start + count)]
+        return torch.stack(out)
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Linear warm-up to the peak rate, then constant (DDPM and ADM train at a constant rate)."""
+    return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup))
+
+
+def _autocast(cfg: Config) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.bf16 else contextlib.nullcontext()
+
+
+class Trainer:
+    """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        latest = self.ckpt_dir / "latest.safetensors"
+        if latest.exists() and not resume:
+            raise UndiffuseError(f"{self.out} already holds a run; pass --resume to continue it "
+                                 "or choose another out_dir")
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.data: TrainingData = load_training_data(cfg)
+        self.num_classes = self.data.num_classes if cfg.data.conditional else 0
+        torch.manual_seed(cfg.train.seed)
+        self.net = build_net(cfg, self.num_classes, dim=self.data.dim)
+        if cfg.train.channels_last and self.data.dim is None:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.denoiser = build_denoiser(cfg, self.net)
+        self.schedule = build_schedule(cfg)
+        self.ema = EMA(self.net, cfg.train.ema_decay)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.order = DataOrder(len(self.data), cfg.train.seed)
+        self.step = self.skipped = 0
+        if resume:
+            if not latest.exists():
+                raise UndiffuseError(f"nothing to resume: {latest} does not exist")
+            self._restore(latest)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        for group_ in self.opt.param_groups:
+            group_["lr"] = learning_rate(cfg, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        micro = cfg.train.batch_size // cfg.train.grad_accum
+        total = 0.0
+        self.net.train()
+        for m in range(cfg.train.grad_accum):
+            start = (self.step * cfg.train.grad_accum + m) * micro
+            x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
+            cond = None
+            if self.num_classes:
+                drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
+                cond = torch.where(drop, torch.full_like(labels, -1), labels)
+            sigma = training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32)
+            noise = torch.randn(x0.shape, generator=self.gen)
+            if cfg.train.channels_last and x0.ndim == 4:
+                x0, noise = x0.contiguous(memory_format=torch.channels_last), \
+                    noise.contiguous(memory_format=torch.channels_last)
+            with _autocast(cfg):
+                loss = denoising_loss(self.denoiser, x0, sigma, cond, noise=noise,
+                                      min_snr_gamma=cfg.diffusion.min_snr_gamma or None)
+            (loss / cfg.train.grad_accum).backward()
+            total += float(loss.detach()) / cfg.train.grad_accum
+        clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            self.skipped += 1  # a non-finite step is skipped, never applied
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            self.opt.step()
+            self.ema.update(self.net)
+        self.step += 1
+        return {"loss": total, "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1)}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        log_file = open(self.out / "log.jsonl", "a")
+        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=cfg.name)
+        t0, step0 = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.train.steps:
+                stats = self.train_step()
+                rate = (self.step - step0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{rate:.0f}")
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    log_file.write(json.dumps({"step": self.step, **stats, "img_per_s": rate,
+                                               "skipped": self.skipped}) + "\n")
+                    log_file.flush()
+                if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+                    self.preview()
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
+                    self.save()
+        finally:
+            bar.close()
+            log_file.close()
+        self.export()
+        return self.out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _meta(self) -> dict[str, Any]:
+        return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped,
+                "ema_updates": self.ema.updates, "class_names": self.data.class_names[: self.num_classes],
+                "dim": self.data.dim}
+
+    def save(self) -> Path:
+        """Write checkpoints/step_N.safetensors and latest.safetensors; keep the newest few."""
+        opt_tensors, opt_meta = optimizer_state(self.opt)
+        tensors = {**prefixed(self.net.state_dict(), "model"), **prefixed(self.ema.model.state_dict(), "ema"),
+                   **prefixed(opt_tensors, "optim"),
+                   "rng.torch": torch.get_rng_state(), "rng.gen": self.gen.get_state()}
+        meta = {**self._meta(), "optimizer": opt_meta}
+        path = self.ckpt_dir / f"step_{self.step:08d}.safetensors"
+        save_checkpoint(path, tensors, meta)
+        save_checkpoint(self.ckpt_dir / "latest.safetensors", tensors, meta)
+        old = sorted(self.ckpt_dir.glob("step_*.safetensors"))[: -self.cfg.train.keep_checkpoints or None]
+        for p in old:
+            p.unlink(missing_ok=True)
+        return path
+
+    def _restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        saved = meta.get("config", {})
+        for section in ("data", "model", "diffusion"):
+            if saved.get(section) != to_dict(self.cfg)[section]:
+                raise UndiffuseError(f"cannot resume: the [{section}] section differs from the checkpoint's")
+        load_module_state(self.net, group(tensors, "model"), "model")
+        load_module_state(self.ema.model, group(tensors, "ema"), "ema")
+        load_optimizer_state(self.opt, group(tensors, "optim"), meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.gen.set_state(tensors["rng.gen"])
+        self.step, self.skipped, self.ema.updates = meta["step"], meta["skipped"], meta["ema_updates"]
+        log.info("resumed %s at step %d", path, self.step)
+
+    def export(self) -> Path:
+        """The EMA weights alone (what sampling needs) as model.safetensors, config in its metadata."""
+        path = self.out / "model.safetensors"
+        save_checkpoint(path, prefixed(self.ema.model.state_dict(), "ema"), self._meta())
+        return path
+
+    # ------------------------------------------------------------------ previews
+    @torch.no_grad()
+    def preview(self) -> Path | None:
+        """A grid from the EMA weights: one row per class (guided) or n unconditional samples."""
+        if self.data.dim is not None:
+            return None  # vector data: the 2-D demo draws its own plots
+        cfg = self.cfg
+        denoiser = build_denoiser(cfg, self.ema.model.eval())
+        n_cls = min(self.num_classes, 10)
+        per_row = 8 if n_cls else cfg.sample.n
+        n = n_cls * per_row if n_cls else cfg.sample.n
+        cond = torch.arange(n_cls).repeat_interleave(per_row) if n_cls else None
+        if cond is not None:
+            denoiser = CFGDenoiser(denoiser, cfg.sample.guidance)
+        lo, hi = sigma_range(cfg)
+        sigmas = sigma_grid(cfg.sample.grid, cfg.sample.steps, schedule=self.schedule, sigma_min=lo, sigma_max=hi)
+        gens = samplers.make_generators(range(n))
+        shape = (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+        x = samplers.randn(shape, gens) * float(sigmas[0])
+        out = samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens)
+        path = self.out / "samples" / f"step_{self.step:08d}.png"
+        save_png(path, make_grid(out, nrow=per_row if n_cls else None), {
+            "model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
+            "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"})
+        return path
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model from a config; returns the run folder."""
+    return Trainer(cfg, resume=resume, progress=progress).run()
