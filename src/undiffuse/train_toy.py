@@ -102,7 +102,7 @@ def _train(config: ToyConfig, progress: bool) -> ToyRun:
     run = ToyRun(ema.model, config)
 
     by_time = config.steps is None
-    bar = tqdm(total=config.seconds if by_time else config.steps, disable=not progress, leave=False,
+    bar = tqdm(total=config.seconds if by_time else config.steps, disable=None if progress else True, leave=False,
                desc=f"training on {config.data}", unit="s" if by_time else "steps", mininterval=0.5,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit}{postfix}")
     start = time.perf_counter()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up .venv: the CPU build of torch 2.13.0 first, then undiffuse (editable) with its test extras.
+# Idempotent and quick when nothing changed: a stamp records the pyproject.toml it installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+STAMP=$VENV/.undiffuse-setup
+export PIP_ROOT_USER_ACTION=ignore
+TORCH=torch==2.13.0   # pinned: an unpinned torch would pull several GB of CUDA packages
+want="$TORCH $(sha256sum pyproject.toml | cut -d' ' -f1)"
+
+# Fashion-MNIST (IDX files) comes from Debian's package; tests that need it skip without it.
+if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    echo "setup: installing dataset-fashion-mnist" >&2
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
+        echo "setup: could not install dataset-fashion-mnist (Fashion-MNIST tests will skip)" >&2
+fi
+
+if [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+    exit 0
+fi
+if [[ ! -x $VENV/bin/python ]]; then
+    command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found (set PYTHON=...)" >&2; exit 1; }
+    echo "setup: creating $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+echo "setup: installing $TORCH and undiffuse[test] into $VENV" >&2
+"$VENV/bin/python" -m pip install --quiet --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet --quiet "$TORCH"
+"$VENV/bin/python" -m pip install --quiet --quiet -e ".[test]"
+echo "$want" > "$STAMP"
