@@ -51,6 +51,52 @@ def demo(
     typer.echo(f"wrote {png} and {png.with_suffix('.json')}")
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="A TOML recipe, e.g. configs/fashion-mnist.toml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.key=value "
+                                                   "(TOML syntax), repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in out_dir from its latest checkpoint.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a diffusion model from a recipe; checkpoints, log.jsonl, samples and config.json go to out_dir."""
+    from .config import load_config
+    from .train import train as run_training
+
+    cfg = load_config(config, set_ or [])
+    out = run_training(cfg, resume=resume, progress=progress)
+    typer.echo(f"trained {cfg.name} to step {cfg.train.steps}: {out / 'model.safetensors'}")
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")],
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")] = "dpmpp_2m",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    grid: Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")] = "karras",
+    n: Annotated[int, typer.Option(help="Number of images.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    class_: Annotated[str | None, typer.Option("--class", help="Class name or index (default: all classes "
+                                               "in turn, for a conditional model).")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")] = 2.0,
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")] = Path("out/samples"),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
+    import time
+
+    from .models import load_model
+    from .sampling import SampleRequest, generate, parse_class, write_images
+
+    loaded = load_model(model)
+    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
+                        label=parse_class(loaded, class_), guidance=guidance)
+    t0 = time.perf_counter()
+    images, labels = generate(loaded, req, progress=progress)
+    path = write_images(loaded, req, images, labels, out)
+    typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {time.perf_counter() - t0:.1f} s: {path}")
+
+
 @app.command(name="samplers")
 def list_samplers() -> None:
     """List the registered samplers: order as an ODE solver, whether they draw noise, what they are."""

@@ -83,6 +83,17 @@ class LoadedModel:
                                   sigma_min=lo, sigma_max=hi)
 
 
+def shipped_models() -> list[str]:
+    """Names of the diffusion models shipped in the package (not the evaluation classifiers)."""
+    names = []
+    for d in sorted(PRETRAINED_DIR.iterdir()) if PRETRAINED_DIR.is_dir() else []:
+        side = d / "config.json"
+        if (d / "model.safetensors").is_file() and side.is_file() and "diffusion" in \
+                json.loads(side.read_text()).get("config", {}):
+            names.append(d.name)
+    return names
+
+
 def resolve_model_path(model: str | Path) -> Path:
     """A run folder, a checkpoint / model file, or the name of a shipped model → a file to load."""
     p = Path(model)
@@ -96,8 +107,7 @@ def resolve_model_path(model: str | Path) -> Path:
     shipped = PRETRAINED_DIR / str(model) / "model.safetensors"
     if shipped.is_file():
         return shipped
-    names = sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / "model.safetensors").is_file()) \
-        if PRETRAINED_DIR.is_dir() else []
+    names = shipped_models()
     raise UndiffuseError(f"no model {str(model)!r}: not a run folder, a file, or a shipped model "
                          f"(shipped: {', '.join(names) or 'none'})")
 
