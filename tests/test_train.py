@@ -127,3 +127,22 @@ def test_existing_run_needs_resume_and_resume_checks_config(tmp_path):
     shutil.rmtree(tmp_path / "r" / "checkpoints")
     with pytest.raises(UndiffuseError, match="nothing to resume"):
         Trainer(digits_config(tmp_path / "r"), resume=True)
+
+
+def test_image_folder_with_broken_files_trains_and_names_them(tmp_path):
+    from PIL import Image
+    for cls, value in (("dark", 40), ("light", 220)):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (12, 10), (value, value + i, value)).save(tmp_path / "images" / cls / f"{i}.png")
+    (tmp_path / "images" / "dark" / "empty.png").write_bytes(b"")
+    (tmp_path / "images" / "light" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    cfg = load_config(ROOT / "configs" / "image-folder.toml", [
+        f"data.path='{tmp_path / 'images'}'", f"out_dir='{tmp_path / 'run'}'", "data.image_size=8",
+        "model.channels=16", "model.channel_mult=[1, 2]", "model.attention_resolutions=[]", "model.groups=8",
+        "train.steps=2", "train.batch_size=4", "train.sample_every=0", "train.checkpoint_every=2"])
+    out = train(cfg, progress=False)
+    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert "skipped 2 of 14 files" in first["data"]
+    assert "empty.png" in first["data"] and "corrupt.png" in first["data"]
+    assert load_model(out).class_names == ["dark", "light"]

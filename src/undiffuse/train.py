@@ -137,6 +137,10 @@ class Trainer:
         log_file = open(self.out / "log.jsonl", "a")
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=cfg.name)
+        summary = getattr(getattr(self.data, "data", None), "summary", "")
+        if summary:  # skipped input files are named in the run's log too, never lost silently
+            log_file.write(json.dumps({"step": self.step, "data": summary}) + "\n")
+            bar.write(f"data: {summary}")
         t0, step0 = time.perf_counter(), self.step
         try:
             while self.step < cfg.train.steps:
