@@ -1,13 +1,18 @@
-"""Mixed precision for training and sampling on a CPU: bf16 autocast, attention kept in fp32.
+"""CPU settings for training: bf16 autocast, attention kept in fp32, malloc that keeps its pages.
 
-Measured on the 2-core AVX-512 (bf16) machine this project runs on, U-Net training step, batch 64,
-1×32×32, 2 threads (bench/README.md has the tables):
+Measured defaults (2-core AVX-512-bf16 machine, UNet defaults, training step = forward + backward +
+fused AdamW, batch 64 of 1×32×32, 2 threads; bench/README.md has the tables, 2026-11-23):
 
-- bf16 autocast is the default (``train_autocast(True)``): convolutions and linears run in bf16
-  through oneDNN, about twice the fp32 rate; the weights, the optimizer state and the loss stay fp32.
-- attention must leave autocast (:func:`attention_fp32`): the CPU flash-attention backward in bf16
-  is several times slower than in fp32.
-- channels_last is *not* used: it measured slower for this training step in bf16.
+- ``train_autocast(True)``: bf16 autocast, 1.85× fp32 (35.1 vs 19.0 img/s). Convolutions and linears
+  run in bf16 through oneDNN; weights, optimizer state and loss stay fp32; peak memory halves.
+- :func:`attention_fp32`: attention leaves autocast. At 8×8 it measured the same as bf16 attention
+  (±3 %), at 16×16 it helps (the CPU flash-attention backward in bf16 is slow, CPU_NOTES.md), and
+  fp32 softmax is the safer numerics, so it is always on.
+- :func:`keep_freed_memory`: call once per process; stops big activations from being page-faulted
+  in afresh every step.
+- NCHW, not channels_last: channels_last made the convolutions 10 % faster but GroupNorm's
+  backward 30× slower; the step measured 0.84×.
+- ``torch.optim.AdamW(..., fused=True)``: one kernel instead of ~10 ops per parameter tensor.
 - never ``torch.compile`` a training step here: with torch 2.13 CPU it returned zero gradients
   for most parameters (CPU_NOTES.md).
 """
@@ -15,6 +20,7 @@ Measured on the 2-core AVX-512 (bf16) machine this project runs on, U-Net traini
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Iterator
 
 import torch
@@ -35,7 +41,25 @@ def train_autocast(enabled: bool = True, device_type: str = "cpu") -> Iterator[N
 def attention_fp32(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q kᵀ/√d) v in fp32 whatever the autocast state: (B, heads, N, d)³ -> (B, heads, N, d).
 
-    CPU autocast would cast fp32 inputs back to bf16, so autocast is switched off inside.
+    CPU autocast would cast fp32 inputs back to bf16, so autocast is switched off inside. The
+    inputs are made contiguous: with a strided last dim SDPA falls back to its slower math path.
     """
+    q, k, v = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k, v))
     with torch.autocast(q.device.type, enabled=False):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def keep_freed_memory() -> bool:
+    """Keep glibc malloc from returning freed memory to the OS, so big activations reuse warm pages.
+
+    By default every tensor over 32 MiB is a fresh ``mmap`` and its pages fault in (zeroed by the
+    kernel) on first touch, every step: a 50 MB ``torch.cat`` took 14 ms instead of 2.3 ms. This sets
+    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+    would); the process keeps its peak memory. Process-wide; returns False where it cannot (no glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

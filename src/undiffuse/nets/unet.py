@@ -29,7 +29,9 @@ class UNet(nn.Module):
     ``image_size`` is the size the config is checked against; any H, W divisible by
     2**(len(channel_mult)-1) works in forward. ``attention_resolutions`` are feature-map sizes
     for ``image_size``; for other input sizes attention stays at the same levels.
-    The defaults (5.6 M parameters, 32×32 grayscale) are sized for Fashion-MNIST on a CPU.
+    The defaults (6.94 M parameters, 2.89 GFLOP per 32×32 grayscale image) are sized for
+    Fashion-MNIST on a CPU; attention only at 8×8: adding it at 16×16 costs 21 % of the training
+    throughput (bench/README.md).
     """
 
     def __init__(
@@ -134,7 +136,10 @@ class UNet(nn.Module):
             raise UndiffuseError(f"this UNet takes images (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
             raise UndiffuseError(f"image size {tuple(x.shape[2:])} is not divisible by {self.factor}")
-        emb = self.emb_mlp(self.noise_embed(noise_cond.reshape(-1).expand(len(x))))     # (B, E)
+        noise_cond = noise_cond.reshape(-1)
+        if len(noise_cond) not in (1, len(x)):
+            raise UndiffuseError(f"noise_cond has {len(noise_cond)} values for a batch of {len(x)}")
+        emb = self.emb_mlp(self.noise_embed(noise_cond.expand(len(x))))                 # (B, E)
         if self.class_embed is not None:
             if cond is None:
                 cond = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
