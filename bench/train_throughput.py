@@ -2,7 +2,7 @@
 
 Run by hand (not in CI), from the repository root:
 
-    .venv/bin/python bench/train_throughput.py               # the comparison table + checks (~10 min)
+    .venv/bin/python bench/train_throughput.py --stock       # the comparison table + checks (~20 min)
     .venv/bin/python bench/train_throughput.py --levers      # our net with one lever undone at a time
 
 One training step = forward + ε-MSE loss + backward + AdamW, batch 64 of 1×32×32, 2 threads.

@@ -71,11 +71,11 @@ class UNet(nn.Module):
         if num_heads is not None:
             if any(w % num_heads for w in att_widths):
                 raise UndiffuseError(f"attention widths {att_widths} must be divisible by num_heads={num_heads}")
-            heads_of = {w: w // num_heads for w in att_widths}
+            head_dim_of = {w: w // num_heads for w in att_widths}
         else:
             if any(w % head_dim for w in att_widths):
                 raise UndiffuseError(f"attention widths {att_widths} must be divisible by head_dim={head_dim}")
-            heads_of = {w: head_dim for w in att_widths}
+            head_dim_of = {w: head_dim for w in att_widths}
         if not 0 <= dropout < 1:
             raise UndiffuseError(f"dropout must be in [0, 1), got {dropout}")
         if num_classes < 0:
@@ -100,7 +100,7 @@ class UNet(nn.Module):
             return ResBlock(cin, cout, emb_dim, groups, dropout)
 
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, groups, heads_of[ch])
+            return AttentionBlock(ch, groups, head_dim_of[ch])
 
         # Down path: each level's blocks push a skip; every level but the last ends in a downsample.
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -144,7 +144,8 @@ class UNet(nn.Module):
             if cond is None:
                 cond = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
             elif ((cond < -1) | (cond > self.num_classes)).any():
-                raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}), -1 for 'no class'")
+                raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}]; -1 and "
+                                     f"{self.num_classes} mean 'no class'")
             emb = emb + self.class_embed(torch.where(cond < 0, self.num_classes, cond))
         elif cond is not None:
             raise UndiffuseError("this UNet is unconditional (num_classes=0) but got a class label")
