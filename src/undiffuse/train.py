@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import samplers
-from .checkpoint import (group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
+from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
                          prefixed, save_checkpoint)
 from .config import Config, to_dict
 from .data.training import TrainingData, load_training_data
@@ -177,7 +178,7 @@ class Trainer:
         meta = {**self._meta(), "optimizer": opt_meta}
         path = self.ckpt_dir / f"step_{self.step:08d}.safetensors"
         save_checkpoint(path, tensors, meta)
-        save_checkpoint(self.ckpt_dir / "latest.safetensors", tensors, meta)
+        atomic_write(self.ckpt_dir / "latest.safetensors", lambda tmp: shutil.copyfile(path, tmp))
         old = sorted(self.ckpt_dir.glob("step_*.safetensors"))[: -self.cfg.train.keep_checkpoints or None]
         for p in old:
             p.unlink(missing_ok=True)

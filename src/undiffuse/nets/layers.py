@@ -58,5 +58,15 @@ class LabelEmbedding(nn.Module):
         if labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.table.weight.device)
         elif bool(((labels < -1) | (labels > self.num_classes)).any()):
-            raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}), -1 for 'no class'")
+            raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}]; -1 and "
+                                 f"{self.num_classes} mean 'no class'")
         return self.table(torch.where(labels < 0, self.num_classes, labels))
+
+
+def noise_embedding(kind: str, dim: int) -> nn.Module:
+    """The embedding of the noise level a backbone is told: "positional" (discrete t) or "fourier" (c_noise)."""
+    if kind == "positional":
+        return PositionalEmbedding(dim)
+    if kind == "fourier":
+        return FourierEmbedding(dim)
+    raise UndiffuseError(f"unknown noise embedding {kind!r}; known: positional, fourier")

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import UndiffuseError
-from .layers import FourierEmbedding, LabelEmbedding, PositionalEmbedding
+from .layers import LabelEmbedding
+from .layers import noise_embedding as noise_embedding_layer
 
 
 class ResidualBlock(nn.Module):
@@ -38,12 +39,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 4, emb_dim: int = 128,
                  noise_embedding: Literal["positional", "fourier"] = "fourier", num_classes: int = 0):
         super().__init__()
-        if noise_embedding == "positional":
-            self.noise_embed: nn.Module = PositionalEmbedding(emb_dim)
-        elif noise_embedding == "fourier":
-            self.noise_embed = FourierEmbedding(emb_dim)
-        else:
-            raise UndiffuseError(f"unknown noise embedding {noise_embedding!r}; known: positional, fourier")
+        self.noise_embed = noise_embedding_layer(noise_embedding, emb_dim)
         self.dim, self.num_classes = dim, num_classes
         self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.class_embed = LabelEmbedding(num_classes, width) if num_classes else None

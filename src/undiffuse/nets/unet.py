@@ -16,7 +16,8 @@ from torch.nn import functional as F
 
 from ..errors import UndiffuseError
 from .blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_
-from .layers import FourierEmbedding, PositionalEmbedding
+from .layers import LabelEmbedding
+from .layers import noise_embedding as noise_embedding_layer
 
 
 class UNet(nn.Module):
@@ -86,15 +87,9 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
 
         # Noise level (and class) -> one embedding vector per sample, shared by every block.
-        if noise_embedding == "positional":
-            self.noise_embed: nn.Module = PositionalEmbedding(channels)
-        elif noise_embedding == "fourier":
-            self.noise_embed = FourierEmbedding(channels)
-        else:
-            raise UndiffuseError(f"unknown noise embedding {noise_embedding!r}; known: positional, fourier")
+        self.noise_embed = noise_embedding_layer(noise_embedding, channels)
         self.emb_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        # num_classes + 1 rows: the last one is "no class" (classifier-free guidance's null label).
-        self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.class_embed = LabelEmbedding(num_classes, emb_dim) if num_classes else None
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, groups, dropout)
@@ -141,12 +136,7 @@ class UNet(nn.Module):
             raise UndiffuseError(f"noise_cond has {len(noise_cond)} values for a batch of {len(x)}")
         emb = self.emb_mlp(self.noise_embed(noise_cond.expand(len(x))))                 # (B, E)
         if self.class_embed is not None:
-            if cond is None:
-                cond = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
-            elif ((cond < -1) | (cond > self.num_classes)).any():
-                raise UndiffuseError(f"class labels must be in [-1, {self.num_classes}]; -1 and "
-                                     f"{self.num_classes} mean 'no class'")
-            emb = emb + self.class_embed(torch.where(cond < 0, self.num_classes, cond))
+            emb = emb + self.class_embed(cond, len(x))
         elif cond is not None:
             raise UndiffuseError("this UNet is unconditional (num_classes=0) but got a class label")
         emb = F.silu(emb)                                                                # (B, E)
