@@ -26,6 +26,9 @@ def test_train_then_sample(tmp_path):
     assert result.exit_code == 0, result.output
     singles = sorted(out.glob("0*.png"))
     assert len(singles) == 12 and (out / "grid.png").is_file()
+    with Image.open(out / "grid.png") as im:  # one column per class, ×2, under a strip naming the classes
+        assert im.size == (2 * (10 * 10 + 2), 2 * (2 * 10 + 2) + 16)
+        assert im.convert("L").crop((0, 0, im.width, 16)).getextrema()[0] < 128   # the names are drawn
     with Image.open(singles[3]) as im:
         assert im.size == (8, 8)
     params = read_params(singles[3])

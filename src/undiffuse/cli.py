@@ -70,7 +70,8 @@ def train(
 
 @app.command()
 def sample(
-    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")],
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
+    = "fashion-mnist",
     sampler: Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")] = "dpmpp_2m",
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
     grid: Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")] = "karras",

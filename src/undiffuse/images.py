@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from torch import Tensor
 
 
@@ -38,13 +38,32 @@ def infotext(params: dict[str, Any]) -> str:
     return ", ".join(f"{k.replace('_', ' ').capitalize()}: {v}" for k, v in params.items())
 
 
-def save_png(path: str | Path, image: Tensor, params: dict[str, Any] | None = None, scale: int = 1) -> Path:
-    """Write a (C, H, W) image in [-1, 1]; ``params`` go into "parameters" (text) and "undiffuse" (JSON)."""
+def label_columns(pil: Image.Image, names: list[str], padding: int) -> Image.Image:
+    """A white strip above a grid with ``names[i]`` centred over column i (columns of equal width)."""
+    font = ImageFont.load_default(size=11)
+    strip = 16
+    out = Image.new(pil.mode, (pil.width, pil.height + strip), "white")
+    out.paste(pil, (0, strip))
+    draw = ImageDraw.Draw(out)
+    cell = (pil.width - padding) / len(names)
+    for i, name in enumerate(names):
+        draw.text((padding + cell * (i + 0.5), strip - 2), name, fill="black", font=font, anchor="ms")
+    return out
+
+
+def save_png(path: str | Path, image: Tensor, params: dict[str, Any] | None = None, scale: int = 1,
+             column_labels: list[str] | None = None, padding: int = 2) -> Path:
+    """Write a (C, H, W) image in [-1, 1]; ``params`` go into "parameters" (text) and "undiffuse" (JSON).
+
+    ``column_labels`` names the columns of a grid made by :func:`make_grid` with that ``padding``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(to_uint8(image))
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    if column_labels:
+        pil = label_columns(pil, column_labels, padding * scale)
     info = PngImagePlugin.PngInfo()
     if params:
         info.add_text("parameters", infotext(params))

@@ -18,7 +18,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 from . import __version__
-from .images import infotext
+from .images import infotext, to_uint8
 from .process import DiscreteSchedule, q_sample, sigma_to_alpha_bar
 
 if TYPE_CHECKING:
@@ -115,3 +115,36 @@ def save_figure(fig: Figure, path: Path | str, params: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.quantize(colors=256, dither=Image.Dither.NONE).save(path, pnginfo=info, optimize=True)
     return path
+
+
+def plot_nearest(samples: Tensor, neighbours: Tensor, distances: Tensor, titles: list[str],
+                 path: Path | str, params: dict[str, Any], test_median: float | None = None) -> Path:
+    """Each generated sample (left, its title above) beside its k nearest training images and their
+    pixel-space L2 distances; ``samples`` (n, C, H, W), ``neighbours`` (n, k, C, H, W), in [-1, 1]."""
+    n, k = neighbours.shape[:2]
+    cols = 2
+    fig = Figure(figsize=(cols * (k + 1.4) * 1.05, n / cols * 1.25 + 0.9), dpi=100, layout="constrained")
+    grid = GridSpec((n + cols - 1) // cols, cols * (k + 2), figure=fig,
+                    width_ratios=([1] * (k + 1) + [0.35]) * cols)
+    gray = samples.shape[1] == 1
+
+    def show(ax: Axes, img: Tensor, title: str, colour: str = "black") -> None:
+        a = to_uint8(img)
+        ax.imshow(a, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color(colour)
+            spine.set_linewidth(1.5)
+        ax.set_title(title, fontsize=8, color=colour)
+
+    for i in range(n):
+        row, col0 = divmod(i, cols)
+        col0 *= k + 2
+        show(fig.add_subplot(grid[row, col0]), samples[i], titles[i], "#c0392b")
+        for j in range(k):
+            show(fig.add_subplot(grid[row, col0 + 1 + j]), neighbours[i, j], f"d = {float(distances[i, j]):.1f}")
+    floor = f"; unseen test images lie a median {test_median:.1f} from theirs" if test_median is not None else ""
+    fig.suptitle(f"Generated (red) beside its {k} nearest training images, L2 distance in pixels [-1, 1]{floor}",
+                 fontsize=10)
+    return save_figure(fig, path, params)

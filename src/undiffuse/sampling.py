@@ -66,13 +66,16 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True) -> t
     cfg = model.config
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     out = []
-    for start in tqdm(range(0, req.n, req.batch_size), disable=not progress or req.n <= req.batch_size,
-                      desc="sampling", unit="batch"):
-        idx = range(start, min(start + req.batch_size, req.n))
-        gens = samplers.make_generators([req.seed + i for i in idx])
-        x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
-        cond = labels[idx.start:idx.stop] if labels is not None else None
-        out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens))
+    starts = range(0, req.n, req.batch_size)
+    bar = tqdm(total=len(starts) * (len(sigmas) - 1), disable=not progress, desc=f"sampling {req.n}",
+               unit="step", leave=False)
+    with bar:
+        for start in starts:
+            idx = range(start, min(start + req.batch_size, req.n))
+            gens = samplers.make_generators([req.seed + i for i in idx])
+            x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
+            cond = labels[idx.start:idx.stop] if labels is not None else None
+            out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=lambda *_: bar.update(1)))
     return torch.cat(out), labels
 
 
@@ -93,7 +96,8 @@ def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels:
     grid_params = {**base, "seeds": f"{req.seed}-{req.seed + len(images) - 1}"}
     if labels is not None:
         grid_params["class"] = model.class_names[req.label] if req.label is not None else "all, in turn"
-    return save_png(out / "grid.png", make_grid(images, nrow=nrow), grid_params, scale=2)
+    labels_row = model.class_names if nrow else None
+    return save_png(out / "grid.png", make_grid(images, nrow=nrow), grid_params, scale=2, column_labels=labels_row)
 
 
 def _safe(name: str) -> str:

@@ -88,6 +88,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.order = DataOrder(len(self.data), cfg.train.seed)
         self.step = self.skipped = 0
+        self.seconds = 0.0  # wall time spent training, summed over resumes
         if resume:
             if not latest.exists():
                 raise UndiffuseError(f"nothing to resume: {latest} does not exist")
@@ -142,16 +143,17 @@ class Trainer:
         if summary:  # skipped input files are named in the run's log too, never lost silently
             log_file.write(json.dumps({"step": self.step, "data": summary}) + "\n")
             bar.write(f"data: {summary}")
-        t0, step0 = time.perf_counter(), self.step
+        t0, step0, seconds0 = time.perf_counter(), self.step, self.seconds
         try:
             while self.step < cfg.train.steps:
                 stats = self.train_step()
+                self.seconds = seconds0 + time.perf_counter() - t0
                 rate = (self.step - step0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{rate:.0f}")
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     log_file.write(json.dumps({"step": self.step, **stats, "img_per_s": rate,
-                                               "skipped": self.skipped}) + "\n")
+                                               "skipped": self.skipped, "seconds": round(self.seconds, 1)}) + "\n")
                     log_file.flush()
                 if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
                     self.preview()
@@ -166,7 +168,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _meta(self) -> dict[str, Any]:
         return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped,
-                "ema_updates": self.ema.updates, "class_names": self.data.class_names[: self.num_classes],
+                "ema_updates": self.ema.updates, "seconds": self.seconds,
+                "class_names": self.data.class_names[: self.num_classes],
                 "dim": self.data.dim}
 
     def save(self) -> Path:
@@ -196,6 +199,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         self.gen.set_state(tensors["rng.gen"])
         self.step, self.skipped, self.ema.updates = meta["step"], meta["skipped"], meta["ema_updates"]
+        self.seconds = float(meta.get("seconds", 0.0))
         log.info("resumed %s at step %d", path, self.step)
 
     def export(self) -> Path:

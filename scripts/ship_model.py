@@ -1,0 +1,66 @@
+"""Copy a finished run's EMA weights into the package as a shipped model, with a config.json card.
+
+    .venv/bin/python scripts/ship_model.py runs/fashion-mnist fashion-mnist \
+        --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
+
+Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part
+of its latest checkpoint) and config.json: the resolved config, class names, steps, training time,
+hardware and the command, so that ``undiffuse sample NAME`` finds it and anyone can re-make it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from undiffuse.checkpoint import group, load_checkpoint, prefixed, save_checkpoint
+from undiffuse.models import PRETRAINED_DIR
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--command", required=True, help="the exact command that trained the run")
+    ap.add_argument("--seconds", type=float, default=None, help="training wall time (default: from the run)")
+    ap.add_argument("--hardware", default=None, help="default: this machine's CPU and core count")
+    args = ap.parse_args()
+
+    source = args.run / "model.safetensors"
+    if not source.is_file():
+        source = args.run / "checkpoints" / "latest.safetensors"
+    tensors, meta = load_checkpoint(source)
+    ema = group(tensors, "ema")
+    if not ema:
+        raise SystemExit(f"error: {source} holds no EMA weights")
+    meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "seconds") if k in meta}
+    meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
+    seconds = args.seconds if args.seconds is not None else meta.get("seconds")
+    card = {**meta, "training": {
+        "command": args.command, "steps": meta["step"], "seconds": seconds,
+        "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        "torch": torch.__version__, "date": str(date.today()),
+        "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian package dataset-fashion-mnist"}}
+    out = PRETRAINED_DIR / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "model.safetensors", prefixed(ema, "ema"), meta)
+    (out / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+    size = (out / "model.safetensors").stat().st_size / 2**20
+    print(f"shipped {source} (step {meta['step']}) as {out} ({size:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
