@@ -98,6 +98,27 @@ def sample(
     typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {time.perf_counter() - t0:.1f} s: {path}")
 
 
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
+    = "fashion-mnist",
+    image: Annotated[Path | None, typer.Option(help="Your own image (PNG, JPEG, WebP) for the forward process "
+                                               "and the particle cloud (default: a training image).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: index.html and its pictures.")] = Path("out/explain"),
+    physics_seconds: Annotated[float, typer.Option(help="Training time of the 2-D particle model.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of every noise draw on the page.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Write a page that shows how diffusion works, computed from the real process and a trained model."""
+    from .explain import build_explainer
+
+    if physics_seconds <= 0:
+        raise UndiffuseError(f"--physics-seconds must be positive, got {physics_seconds}")
+    page = build_explainer(model, image=image, out=out, physics_seconds=physics_seconds, seed=seed,
+                           progress=progress)
+    typer.echo(f"wrote {page} (open it in a browser; the pictures lie beside it)")
+
+
 @app.command(name="samplers")
 def list_samplers() -> None:
     """List the registered samplers: order as an ODE solver, whether they draw noise, what they are."""

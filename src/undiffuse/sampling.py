@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,8 +57,12 @@ def labels_for(model: LoadedModel, req: SampleRequest) -> Tensor | None:
 
 
 @torch.no_grad()
-def generate(model: LoadedModel, req: SampleRequest, progress: bool = True) -> tuple[Tensor, Tensor | None]:
-    """(n, C, H, W) images in [-1, 1]; sample i depends only on seed + i (and its class)."""
+def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
+             callback: Callable[..., Any] | None = None) -> tuple[Tensor, Tensor | None]:
+    """(n, C, H, W) images in [-1, 1]; sample i depends only on seed + i (and its class).
+
+    ``callback(i, σ, x, x0_hat)`` is called at every step of every batch, as by the samplers.
+    """
     if req.n < 1 or req.steps < 1:
         raise UndiffuseError(f"n and steps must be positive, got n={req.n}, steps={req.steps}")
     sampler = samplers.get(req.sampler)
@@ -69,13 +75,19 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True) -> t
     starts = range(0, req.n, req.batch_size)
     bar = tqdm(total=len(starts) * (len(sigmas) - 1), disable=not progress, desc=f"sampling {req.n}",
                unit="step", leave=False)
+
+    def step(*args: Any) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(*args)
+
     with bar:
         for start in starts:
             idx = range(start, min(start + req.batch_size, req.n))
             gens = samplers.make_generators([req.seed + i for i in idx])
             x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
             cond = labels[idx.start:idx.stop] if labels is not None else None
-            out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=lambda *_: bar.update(1)))
+            out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=step))
     return torch.cat(out), labels
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import toy_dataset
@@ -86,14 +87,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_toy(config: ToyConfig, progress: bool = True) -> ToyRun:
-    """Train on ``config.data`` and return the EMA weights' denoiser (in eval mode)."""
+def train_toy(config: ToyConfig, progress: bool = True, points: Tensor | None = None) -> ToyRun:
+    """Train on ``config.data`` (or on ``points`` (N, 2), scaled to unit standard deviation) and return
+    the EMA weights' denoiser (in eval mode)."""
+    if points is not None and (points.ndim != 2 or points.shape[1] != 2 or len(points) < 2):
+        raise UndiffuseError(f"points must have shape (N ≥ 2, 2), got {tuple(points.shape)}")
     with torch_threads(config.threads):
-        return _train(config, progress)
+        return _train(config, progress, points)
 
 
-def _train(config: ToyConfig, progress: bool) -> ToyRun:
-    x_train = toy_dataset(config.data, config.n_data, seed=config.seed)       # (N, 2)
+def _train(config: ToyConfig, progress: bool, points: Tensor | None) -> ToyRun:
+    x_train = points.float() if points is not None else toy_dataset(config.data, config.n_data, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)                                           # the initial weights
     denoiser = make_toy_denoiser(config).train()

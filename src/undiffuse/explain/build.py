@@ -1,0 +1,274 @@
+"""``undiffuse explain``: compute every picture and number of the page from the real process and a
+real trained model, then write DIR/index.html with the PNG/GIF files beside it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data.folder import read_image
+from ..errors import UndiffuseError
+from ..images import make_grid, save_png, to_uint8
+from ..models import LoadedModel, load_model
+from ..plots import save_figure
+from ..process import DiscreteSchedule
+from . import forward, physics, reverse
+from .page import Picture, Section, Slider, render
+
+DISPLAY = 96           # pixels of the forward-process pictures
+CHAIN_TS = (0, 50, 100, 200, 300, 500, 700, 1000)
+
+
+def load_display_image(path: str | Path, channels: int, size: int = DISPLAY) -> Tensor:
+    """A user's image, centre-cropped and resized, as (C, size, size) in [-1, 1]; one-line error if unreadable."""
+    arr = read_image(Path(path), size, channels)
+    if isinstance(arr, str):
+        raise UndiffuseError(f"cannot use --image {path}: {arr}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
+    return t.float() / 127.5 - 1
+
+
+def upscale(img: Tensor, size: int) -> Tensor:
+    """Nearest-neighbour upscaling (C, h, w) → (C, size, size), so pixels stay visible as pixels."""
+    return torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="nearest")[0]
+
+
+def save_gif(path: Path, frames: Tensor, size: int, ms: int = 60, hold: int = 15) -> Path:
+    """An endlessly looping GIF of (F, C, H, W) frames in [-1, 1], the last frame held ``hold`` times."""
+    pils = [Image.fromarray(to_uint8(upscale(f, size))).convert("P") for f in frames.clamp(-1, 1)]
+    pils += [pils[-1]] * hold
+    pils[0].save(path, save_all=True, append_images=pils[1:], duration=ms, loop=0, optimize=True)
+    return path
+
+
+def save_image(path: Path, img: Tensor, size: int) -> Path:
+    Image.fromarray(to_uint8(upscale(img.clamp(-1, 1), size))).save(path)
+    return path
+
+
+def _fig(out: Path, name: str, fig, params: dict) -> str:
+    save_figure(fig, out / name, params)
+    return name
+
+
+def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Path | None = None,
+                    out: str | Path = "out/explain", physics_seconds: float = 30.0, seed: int = 0,
+                    progress: bool = True) -> Path:
+    """Write ``out``/index.html and its pictures; returns the page's path. The numbers go to explain.json."""
+    out = Path(out)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    m = load_model(model) if not isinstance(model, LoadedModel) else model
+    if m.config.data.image_size is None or m.meta.get("dim") is not None:
+        raise UndiffuseError(f"{m.source} is not an image model; explain needs one (e.g. fashion-mnist)")
+    channels, size = m.config.data.channels, m.config.data.image_size
+    t_start = time.perf_counter()
+    numbers: dict = {"model": m.source}
+    steps = tqdm(total=7, desc="explain", unit="section", disable=not progress)
+
+    try:
+        train, train_labels = reverse.training_images(m)
+        train_note = ""
+    except (UndiffuseError, OSError) as e:
+        train, train_labels, train_note = None, None, f"(The model's training images are not on this machine: {e}.)"
+    if image is not None:
+        shown = load_display_image(image, channels)
+        image_note = f"your image <code>{Path(image).name}</code>"
+    elif train is not None:
+        shown, image_note = train[0], "the first training image of the model"
+    else:
+        shown = reverse.reverse_path(m, reverse.request(m, seed=seed)).final
+        image_note = "an image the model drew"
+    params = {"model": m.source, "seed": seed}
+    sections = []
+
+    # 1. physics -------------------------------------------------------------------------------
+    ph = physics.physics(shown, seconds=physics_seconds, seed=seed, progress=progress)
+    numbers["physics"] = {"train_seconds": ph.run.seconds, "train_steps": ph.run.steps}
+    sections.append(Section("physics", "Diffusion as in physics", [
+        "Drop ink into water and its particles wander off, each on its own random path, until the ink is "
+        f"spread evenly. Here the ink is {image_note}: its pixels became {len(ph.points):,} particles, placed "
+        "where the image has ink. The forward process moves every particle by a little Gaussian noise, step "
+        "after step, until the particles form a Gaussian cloud and nothing of the shape is left.",
+        "Run backwards, physics would not bring the ink together again. A diffusion model learns how: a small "
+        f"network, trained here for {ph.run.seconds:.0f} s ({ph.run.steps:,} steps) on these particles, "
+        "estimates for any blurred cloud where the particles came from. Starting from fresh Gaussian particles "
+        "and following it step by step (bottom row, right to left) gathers them back into the shape: new "
+        "particles, not the old ones."],
+        [Picture(_fig(out, "physics.png", physics.plot_physics(ph), params),
+                 "Top: the forward process on the image's particles. Bottom: the learned reverse process.")]))
+    steps.update()
+
+    # 2. the chain -----------------------------------------------------------------------------
+    linear = DiscreteSchedule.from_name("linear")
+    chain = forward.chain_vs_closed_form(shown, linear, list(CHAIN_TS), seed=seed)
+    numbers["chain"] = chain.rows
+    strip = torch.cat([torch.stack(list(chain.chained)), torch.stack(list(chain.closed))])
+    save_png(out / "chain.png", make_grid(strip, nrow=len(chain.ts)), {"t": list(chain.ts), **params},
+             scale=max(1, DISPLAY // shown.shape[-1]))
+    save_gif(out / "forward.gif", chain.frames, 192)
+    rows = [[str(r["t"]), f"{r['alpha_bar']:.4f}", f"{r['expected_var']:.4f}", f"{r['chain_var']:.4f}",
+             f"{r['closed_var']:.4f}"] for r in chain.rows]
+    sections.append(Section("chain", "A Markov chain of small noise steps", [
+        "The forward process is a chain of T = 1000 small steps. Step t keeps √(1-β<sub>t</sub>) of the image "
+        "and adds Gaussian noise of variance β<sub>t</sub>: x<sub>t</sub> = √(1-β<sub>t</sub>) x<sub>t-1</sub> "
+        "+ √β<sub>t</sub> ε. Each β is tiny (the linear schedule goes from 0.0001 to 0.02), so each step "
+        "changes the image very little; why step by step, then? Because the reverse of a small step is "
+        "nearly Gaussian too, and a network can learn it; one big jump from noise to image could not be "
+        "undone in one Gaussian step.",
+        "Chaining Gaussians gives a Gaussian, so x<sub>t</sub> can also be drawn in one shot: "
+        "x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1-ᾱ<sub>t</sub>) ε with ᾱ<sub>t</sub> the product of "
+        "the (1-β). Training uses this closed form to jump to any t. Top row: the image after t chained steps; "
+        "bottom row: the closed form at the same t. The table measures both on this image: the variance of "
+        "x<sub>t</sub> - √ᾱ<sub>t</sub> x<sub>0</sub> against 1-ᾱ<sub>t</sub>, over "
+        f"{chain.rows[-1]['values']:,} pixel values ({chain.rows[-1]['values'] // shown.numel()} independent "
+        "runs of the chain)."],
+        [Picture("chain.png", f"Top: t chained steps, t = {', '.join(map(str, chain.ts))}. Bottom: one-shot "
+                 "closed form at the same t."),
+         Picture("forward.gif", "The chain, every 10th step, as an animation."),
+         Picture(_fig(out, "schedules.png", forward.plot_schedules(), params),
+                 "The linear (DDPM) and cosine (improved DDPM) schedules: β, ᾱ and the signal-to-noise ratio. "
+                 "The cosine schedule destroys information more evenly over t.")],
+        (["t", "ᾱ_t", "1-ᾱ_t", "chain: measured variance", "closed form: measured variance"], rows)))
+    steps.update()
+
+    # 3. two pixels ----------------------------------------------------------------------------
+    two = forward.two_pixel_walks(seed=seed)
+    noise_fig, noise_stats = forward.plot_noise(seed=seed)
+    numbers["two_pixels"] = {"rows": two.rows, "noise": noise_stats}
+    rows = [[str(r["t"]), f"{r['expected_var']:.4f}", f"{r['var']:.4f}",
+             "(" + ", ".join(f"{v:+.3f}" for v in r["expected_mean"]) + ")",
+             "(" + ", ".join(f"{v:+.3f}" for v in r["mean"]) + ")"] for r in two.rows]
+    n_chains = len(next(iter(two.clouds.values())))
+    sections.append(Section("two-pixels", "What Gaussian noise is: the two-pixel image", [
+        f"Take an image of two pixels, with values {two.pixels[0]} and {two.pixels[1]}. Scaled to [-1, 1] it "
+        f"is one point in the plane: ({two.start[0]:+.3f}, {two.start[1]:+.3f}). A noise step shrinks the "
+        "point towards the origin a little and draws the next point from a round Gaussian around it "
+        "(left): each pixel gets its own independent noise, so the two coordinates move independently.",
+        "Step after step, the point does a random walk with a drift towards the origin (middle). Run "
+        f"{n_chains:,} such chains and their cloud spreads out and settles into N(0, I) whatever the start "
+        "(right). The table compares the chains' measured variance per pixel with 1-ᾱ<sub>t</sub> and their "
+        "mean with √ᾱ<sub>t</sub> x<sub>0</sub>.",
+        f"A real image has many pixels, and each gets such noise. The noise image below has mean "
+        f"{noise_stats['mean']:+.3f}, standard deviation {noise_stats['std']:.3f} and a correlation of "
+        f"{noise_stats['neighbour_correlation']:+.3f} between neighbouring pixels: no splats, no structure."],
+        [Picture(_fig(out, "two-pixels.png", forward.plot_two_pixels(two), params),
+                 "The two-pixel image as a point: one step, one chain, many chains."),
+         Picture(_fig(out, "noise.png", noise_fig, params), "Gaussian noise, pixel by pixel.")],
+        (["t", "1-ᾱ_t", "measured variance", "√ᾱ_t x₀", "measured mean"], rows)))
+    steps.update()
+
+    # 4. the U-Net -----------------------------------------------------------------------------
+    label = 0 if m.num_classes else None
+    if m.num_classes and train_labels is not None and image is None and int(train_labels[0]) >= 0:
+        label = int(train_labels[0])  # the class of the image shown above
+    path = reverse.reverse_path(m, reverse.request(m, seed=seed, label=label, sampler="ddim", steps=50,
+                                                   grid="trailing"))
+    frames, labels = [], []
+    for i, s in enumerate(path.sigmas):
+        panel = torch.cat([path.x[i], path.x0_hat[i], (path.eps_hat[i] / 3).clamp(-1, 1)], dim=2)
+        name = f"frames/reverse_{i:03d}.png"
+        Image.fromarray(to_uint8(upscale_rect(panel, 6))).save(out / name)
+        frames.append(name)
+        labels.append(f"step {i + 1}/{len(path.sigmas)}, σ = {s:.3g}")
+    save_gif(out / "reverse.gif", torch.cat([path.x, path.final[None]]), 192)
+    net = m.denoiser.net
+    pictures = [Picture(_fig(out, "reverse.png", reverse.plot_reverse_strip(path), params),
+                        "The reverse process at a few of its 50 DDIM steps."),
+                Slider("reverse-slider", frames, labels, "Move the slider through the 50 steps: "
+                       "left x<sub>t</sub>, middle x̂<sub>0</sub>, right ε̂."),
+                Picture("reverse.gif", "The reverse process as an animation: noise becomes an image.")]
+    if hasattr(net, "down") and hasattr(net, "up"):
+        stages = reverse.unet_stages(net, (channels, size, size))
+        n_params = sum(p.numel() for p in net.parameters())
+        pictures.append(Picture(_fig(out, "unet.png", reverse.plot_unet(stages, n_params), params),
+                                "The shape of the network, read from the model itself."))
+        numbers["unet"] = {"parameters": n_params, "stages": [[s.name, list(s.shape)] for s in stages]}
+    sections.append(Section("unet", "Undoing the noise with a U-Net", [
+        "The network gets a noisy image x<sub>t</sub> and its noise level σ (and, here, a class) and "
+        "estimates the clean image x̂<sub>0</sub>; equivalently the noise ε̂ = (x<sub>t</sub> - "
+        "x̂<sub>0</sub>)/σ in it. At high noise the estimate is a blurry average of everything the image "
+        "could be; the sampler moves x<sub>t</sub> a little towards it, the noise drops, and the next "
+        "estimate is sharper. Fifty such steps of DDIM turn noise into an image.",
+        "The network is a U-Net: convolutions at full resolution, down-sampling to coarser grids where "
+        "attention can see the whole image, and back up, with skip connections carrying the fine detail "
+        "across. The noise level enters every residual block by scale and shift."], pictures))
+    steps.update()
+
+    # 5. new images ----------------------------------------------------------------------------
+    seeds = list(range(seed, seed + 8))
+    if train is not None:
+        new = reverse.new_images(m, train, seeds, label)
+        numbers["new_images"] = {"distances": new.distances.tolist(), "train_spread": new.train_spread}
+        save_png(out / "new.png", make_grid(torch.cat([new.samples, new.neighbours]), nrow=len(seeds)),
+                 {"seeds": seeds, **params}, scale=3)
+        text = (f"Top row: eight seeds, eight different images{_class_text(m, label)}. Bottom row: the nearest "
+                f"of the {len(train):,} training images to each (pixel distance "
+                f"{float(new.distances.min()):.1f} to {float(new.distances.max()):.1f}; for comparison, a training "
+                f"image lies a median {new.train_spread:.1f} from its nearest other training image). The "
+                "samples resemble what the model saw, but none is a copy.")
+        pics = [Picture("new.png", "Top: samples from 8 seeds. Bottom: each one's nearest training image.")]
+    else:
+        text, pics = train_note, []
+    sections.append(Section("new", "Why the image is new", [
+        "Sampling starts from fresh random noise: a different seed, a different starting point, and the "
+        "deterministic or random path from it ends at a different image. The network never stored its "
+        "training images; it learned, for every noise level, what images in general look like.", text], pics))
+    steps.update()
+
+    # 6. samplers ------------------------------------------------------------------------------
+    runs = reverse.compare_samplers(m, seed, label, (5, 10, 25, 100))
+    numbers["samplers"] = [{"sampler": r.sampler, "steps": r.steps, "grid": r.grid, "seconds": r.seconds}
+                           for r in runs]
+    sections.append(Section("samplers", "DDPM against DDIM", [
+        "DDPM (Ho et al. 2020) samples the reverse Markov chain: each step draws fresh noise, so the path is "
+        "random and needs many small steps. DDIM (Song et al. 2021) uses the same network but takes a "
+        "deterministic step: the same seed always gives the same image, and far fewer steps suffice. "
+        "DPM-Solver++(2M) treats the same path as an ODE and solves it with a second-order method, sharper "
+        "still at very few steps. All three start from the same noise; each picture carries its wall time."],
+        [Picture(_fig(out, "samplers.png", reverse.plot_samplers(runs), params),
+                 "One seed, three samplers, 5 to 100 steps (DDPM and DDIM on evenly spaced t, DPM-Solver++ on "
+                 "the Karras σ grid).")]))
+    steps.update()
+
+    # 7. guidance ------------------------------------------------------------------------------
+    if m.num_classes:
+        scales = (0.0, 1.0, 2.0, 4.0, 7.0)
+        chosen = list(range(min(m.num_classes, 4)))
+        grid = reverse.guidance_grid(m, seed, chosen, scales)
+        names = [m.class_names[c] for c in chosen]
+        paragraphs = ["Classifier-free guidance (Ho &amp; Salimans 2022) runs the network twice per step, with "
+                      "the class and with the \"no class\" token it also learned, and extrapolates: "
+                      "D = D(∅) + w (D(class) - D(∅)). w = 0 ignores the class, w = 1 is the plain "
+                      "conditional model, larger w makes the class more pronounced and the images less varied. "
+                      "A text prompt steers the same way, with a text embedding in place of the class."]
+        pics = [Picture(_fig(out, "guidance.png", reverse.plot_guidance(grid, names, scales), params),
+                        "One seed per row at guidance scales w.")]
+    else:
+        paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
+    sections.append(Section("guidance", "Guidance", paragraphs, pics))
+    steps.update()
+    steps.close()
+
+    numbers["seconds"] = time.perf_counter() - t_start
+    (out / "explain.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    page = render("How a diffusion model works", f"Every picture and number on this page was computed from the "
+                  f"real forward process and the trained model <code>{m.source}</code>, just now.", sections,
+                  f"Made by undiffuse explain in {numbers['seconds']:.0f} s.")
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"
+
+
+def upscale_rect(img: Tensor, factor: int) -> Tensor:
+    return torch.nn.functional.interpolate(img[None].float(), scale_factor=factor, mode="nearest")[0]
+
+
+def _class_text(m: LoadedModel, label: int | None) -> str:
+    return f", all of class {m.class_names[label]}" if label is not None else ""

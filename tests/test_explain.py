@@ -1,0 +1,125 @@
+"""`undiffuse explain`: the page is built from a tiny model, every section and picture is there, its
+numbers are computed, and in headless Chromium every image loads and the slider steps through frames."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from undiffuse.cli import app
+from undiffuse.explain.forward import chain_vs_closed_form, two_pixel_walks
+from undiffuse.explain.physics import image_to_points
+from undiffuse.process import DiscreteSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance"]
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("explain")
+    run = tmp / "run"
+    result = CliRunner().invoke(app, ["train", str(ROOT / "configs" / "digits-smoke.toml"), "--no-progress",
+                                      "--set", f"out_dir='{run}'", "--set", "train.steps=30",
+                                      "--set", "diffusion.parameterization='v'"])  # v: bounded x̂₀ at σ_max
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["explain", str(run), "--out", str(tmp / "page"), "--physics-seconds", "2",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return tmp / "page" / "index.html"
+
+
+def referenced_files(html: str) -> list[str]:
+    files = re.findall(r'<img src="([^"]+)"', html)
+    for frames in re.findall(r"data-frames='([^']+)'", html):
+        files += json.loads(frames.replace("&quot;", '"'))
+    return files
+
+
+def test_page_has_every_section_and_every_picture_decodes(page):
+    html = page.read_text()
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in html
+    files = referenced_files(html)
+    assert len(files) >= 12 + 20        # figures, GIFs, and the slider's frames
+    for name in files:
+        with Image.open(page.parent / name) as im:
+            im.load()
+            assert im.width > 0 and im.height > 0
+    with Image.open(page.parent / "reverse.gif") as gif:
+        assert gif.n_frames > 10
+    assert "http://" not in html and "https://" not in html     # nothing to fetch
+
+
+def test_page_numbers_are_computed(page):
+    numbers = json.loads((page.parent / "explain.json").read_text())
+    html = page.read_text()
+    for row in numbers["chain"][1:]:         # chained steps and the closed form both give variance 1-ᾱ_t
+        assert row["chain_var"] == pytest.approx(row["expected_var"], rel=0.05)
+        assert row["closed_var"] == pytest.approx(row["expected_var"], rel=0.05)
+        assert f"{row['chain_var']:.4f}" in html
+    for row in numbers["two_pixels"]["rows"]:
+        assert row["var"] == pytest.approx(row["expected_var"], rel=0.06)
+        assert f"{row['var']:.4f}" in html
+    assert abs(numbers["two_pixels"]["noise"]["neighbour_correlation"]) < 0.05
+
+
+def test_two_pixel_variance_matches_one_minus_alpha_bar():
+    s = DiscreteSchedule.from_name("linear")
+    res = two_pixel_walks(schedule=s, n=4000, ts=(20, 200, 1000), seed=3)
+    for row in res.rows:
+        assert row["var"] == pytest.approx(1 - float(s.alpha_bars[row["t"] - 1]), rel=0.06)
+    # a wrong chain (noise without the √(1-β) shrink) would not settle: its variance grows past 1
+    assert res.rows[-1]["var"] < 1.1 and len(res.walk) == 1001
+
+
+def test_chain_matches_closed_form_on_an_image():
+    x0 = torch.rand(1, 16, 16) * 2 - 1
+    res = chain_vs_closed_form(x0, DiscreteSchedule.from_name("cosine"), [0, 10, 300, 1000], seed=1)
+    assert res.chained.shape == (4, 1, 16, 16) and torch.equal(res.chained[0], x0)
+    for row in res.rows[1:]:
+        assert row["chain_var"] == pytest.approx(row["expected_var"], rel=0.05)
+        assert row["closed_var"] == pytest.approx(row["expected_var"], rel=0.05)
+
+
+def test_image_to_points_follows_the_ink():
+    img = -torch.ones(1, 20, 20)
+    img[0, 2:6, 12:18] = 1.0                       # one bright bar, top right, on a dark background
+    pts = image_to_points(img, n=2000)
+    assert pts.shape == (2000, 2) and abs(float(pts.std()) - 1) < 0.05
+    with pytest.raises(ValueError, match="blank"):
+        image_to_points(torch.zeros(1, 8, 8))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_page_in_headless_chromium(page, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1200, "height": 900})
+        tab.goto(page.as_uri())
+        tab.wait_for_load_state("load")
+        broken = tab.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                              ".map(i => i.getAttribute('src'))")
+        assert broken == []
+        assert tab.evaluate("document.images.length") >= 12
+        frame = tab.locator("#reverse-slider img")
+        before = frame.get_attribute("src")
+        slider = tab.locator("#reverse-slider input")
+        slider.focus()
+        for _ in range(5):
+            slider.press("ArrowRight")
+        after = frame.get_attribute("src")
+        assert before != after and after.endswith("reverse_005.png")
+        assert tab.evaluate("document.querySelector('#reverse-slider img').naturalWidth") > 0
+        assert "step 6/" in tab.locator("#reverse-slider output").inner_text()
+        tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
+        browser.close()
+    with Image.open(tmp_path / "page.png") as shot:
+        assert shot.size == (1200, 900)
