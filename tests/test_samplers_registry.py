@@ -134,3 +134,17 @@ def test_cond_is_passed_to_the_denoiser():
         return x * 0
     samplers.get("euler")(D, start([0, 1]), SIGMAS, cond={"label": 3})
     assert seen and all(c == {"label": 3} for c in seen)
+
+
+@pytest.mark.parametrize("name", samplers.names())
+def test_every_sampler_passes_each_sample_its_own_condition(name):
+    """A denoiser whose x̂0 is the sample's label: every sampler must end at each row's own label
+    (the adaptive one evaluates subsets of the batch, so its condition must be subset with them)."""
+    def denoiser(x, sigma, cond=None):
+        return cond.to(x.dtype).reshape(-1, 1).expand_as(x).clone()
+
+    cond = torch.tensor([0, 3, 7, 1, 5])
+    gens = samplers.make_generators(range(5))
+    x = samplers.randn((5, 2), gens) * 80.0
+    out = samplers.get(name)(denoiser, x, sigmas_karras(8, 0.002, 80.0), cond=cond, generator=gens)
+    torch.testing.assert_close(out, cond.float().reshape(-1, 1).expand(5, 2), atol=1e-3, rtol=0)

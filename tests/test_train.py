@@ -97,7 +97,10 @@ def test_train_checkpoint_sample_end_to_end(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3, 6, 9, 12] and all(r["loss"] > 0 for r in log)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
-        ["latest.safetensors", "step_00000006.safetensors", "step_00000012.safetensors"]
+        ["best.safetensors", "latest.safetensors", "step_00000006.safetensors", "step_00000012.safetensors"]
+    losses = {n: load_checkpoint(out / "checkpoints" / f"step_000000{n:02d}.safetensors")[1]["loss"] for n in (6, 12)}
+    best = load_checkpoint(out / "checkpoints" / "best.safetensors")[1]
+    assert best["loss"] == min(losses.values()) and best["step"] == min(losses, key=losses.get)
     model = load_model(out)
     assert model.class_names == [str(d) for d in range(10)]
     sigmas = model.sigmas(5)

@@ -57,14 +57,27 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.key=value "
                                                    "(TOML syntax), repeatable.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in out_dir from its latest checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the recipe's train.device). Under "
+                                               "torchrun each process takes one device.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a diffusion model from a recipe; checkpoints, log.jsonl, samples and config.json go to out_dir."""
+    """Train a diffusion model from a recipe; checkpoints, log.jsonl, samples and config.json go to out_dir.
+
+    Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits; --resume continues.
+    Data-parallel: torchrun --nproc_per_node N -m undiffuse train CONFIG.
+    """
     from .config import load_config
+    from .train import Interrupted
     from .train import train as run_training
 
-    cfg = load_config(config, set_ or [])
-    out = run_training(cfg, resume=resume, progress=progress)
+    overrides = [*(set_ or []), *([f"train.device='{device}'"] if device else [])]
+    cfg = load_config(config, overrides)
+    try:
+        out = run_training(cfg, resume=resume, progress=progress)
+    except Interrupted as stop:
+        again = " ".join(["undiffuse train", str(config), *(f"--set {o}" for o in set_ or []), "--resume"])
+        typer.echo(f"{stop}; continue with: {again}", err=True)
+        raise SystemExit(130) from None
     typer.echo(f"trained {cfg.name} to step {cfg.train.steps}: {out / 'model.safetensors'}")
 
 
@@ -133,8 +146,25 @@ def list_samplers() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``undiffuse`` script and of ``python -m undiffuse``."""
+    try:  # typer ≥ 0.24 carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
     try:
-        app(args=argv, prog_name="undiffuse")
+        code = app(args=argv, prog_name="undiffuse", standalone_mode=False)
     except UndiffuseError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except click.NoArgsIsHelpError as err:  # bare `undiffuse` or a bare sub-command: its help
+        print(err.ctx.get_help() if err.ctx else err.format_message())
+        raise SystemExit(0) from None
+    except click.UsageError as err:  # a mistyped option or value: one line, and where the help is
+        where = f"; see: {err.ctx.command_path} --help" if err.ctx else ""
+        print(f"error: {err.format_message()}{where}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        raise SystemExit(130) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -74,6 +75,8 @@ class TrainConfig:
     checkpoint_every: int = 1000     # steps between checkpoints
     keep_checkpoints: int = 2        # how many step checkpoints to keep besides "latest"
     threads: int = 0                 # torch threads (0: all cores)
+    max_bad_steps: int = 20          # stop after this many non-finite steps in a row (each one is skipped)
+    device: str = "cpu"              # cpu or cuda (under torchrun: one GPU per process)
 
 
 @dataclass
@@ -101,7 +104,8 @@ class Config:
                     "train.grad_accum": self.train.grad_accum, "train.lr": self.train.lr,
                     "data.image_size": self.data.image_size, "model.channels": self.model.channels,
                     "sample.steps": self.sample.steps, "diffusion.timesteps": self.diffusion.timesteps,
-                    "train.checkpoint_every": self.train.checkpoint_every}
+                    "train.checkpoint_every": self.train.checkpoint_every,
+                    "train.max_bad_steps": self.train.max_bad_steps}
         for key, value in positive.items():
             if value <= 0:
                 raise UndiffuseError(f"{key} must be positive, got {value}")
@@ -115,6 +119,7 @@ class Config:
                   ("diffusion.parameterization", self.diffusion.parameterization in ("eps", "x0", "v", "edm"),
                    "eps, x0, v or edm"),
                   ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
+                  ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
                   ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy"),
                    "fashion_mnist, folder, digits or toy")]
         for key, ok, allowed in checks:
@@ -152,6 +157,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UndiffuseError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     """
     if req.n < 1 or req.steps < 1:
         raise UndiffuseError(f"n and steps must be positive, got n={req.n}, steps={req.steps}")
+    if not math.isfinite(req.guidance):
+        raise UndiffuseError(f"guidance must be a finite number, got {req.guidance}")
     sampler = samplers.get(req.sampler)
     sigmas = model.sigmas(req.steps, req.grid)
     labels = labels_for(model, req)

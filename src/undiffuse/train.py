@@ -3,6 +3,11 @@
 Everything random comes from two sources whose states are checkpointed — ``gen`` (data order
 is derived from the seed and the step; flips, label dropout, σ and noise are drawn from it) and
 torch's global RNG (dropout) — so a resumed run ends with the same weights as an uninterrupted one.
+
+Faults: SIGINT/SIGTERM finish the step, write a checkpoint and stop with :class:`Interrupted`; a
+non-finite step is skipped and counted, and ``train.max_bad_steps`` of them in a row stop the run with
+the last good checkpoint kept; a write that fails (full disk, unwritable folder) is a one-line error and
+never touches the previous checkpoint. Under torchrun the loop is data-parallel (see ``distributed``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import samplers
+from . import distributed, samplers
 from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
                          prefixed, save_checkpoint)
 from .config import Config, to_dict
@@ -34,6 +42,10 @@ from .models import build_denoiser, build_net, build_schedule, sigma_range, trai
 from .process import sigma_grid
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(UndiffuseError):
+    """Training stopped by a signal after writing a checkpoint; ``--resume`` continues it."""
 
 
 class DataOrder:
@@ -59,7 +71,8 @@ def learning_rate(cfg: Config, step: int) -> float:
 
 
 def _autocast(cfg: Config) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.bf16 else contextlib.nullcontext()
+    device = "cuda" if cfg.train.device == "cuda" else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16) if cfg.train.bf16 else contextlib.nullcontext()
 
 
 class Trainer:
@@ -73,25 +86,41 @@ class Trainer:
         if latest.exists() and not resume:
             raise UndiffuseError(f"{self.out} already holds a run; pass --resume to continue it "
                                  "or choose another out_dir")
+        self.dist = distributed.setup(cfg.train.device)
+        if self.dist.main:
+            _check_writable(self.out)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if (cfg.train.batch_size // cfg.train.grad_accum) % self.dist.world:
+            raise UndiffuseError(f"the micro-batch (train.batch_size / train.grad_accum = "
+                                 f"{cfg.train.batch_size // cfg.train.grad_accum}) must divide evenly over "
+                                 f"{self.dist.world} processes")
         self.data: TrainingData = load_training_data(cfg)
         self.num_classes = self.data.num_classes if cfg.data.conditional else 0
         torch.manual_seed(cfg.train.seed)
-        self.net = build_net(cfg, self.num_classes, dim=self.data.dim)
+        self.net = build_net(cfg, self.num_classes, dim=self.data.dim).to(self.dist.device)
         if cfg.train.channels_last and self.data.dim is None:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.denoiser = build_denoiser(cfg, self.net)
+        trained = self.net
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            trained = DistributedDataParallel(self.net)  # averages gradients over the ranks in backward
+        self.denoiser = build_denoiser(cfg, trained)
         self.schedule = build_schedule(cfg)
         self.ema = EMA(self.net, cfg.train.ema_decay)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.order = DataOrder(len(self.data), cfg.train.seed)
-        self.step = self.skipped = 0
+        self.step = self.skipped = self.bad_in_row = 0
         self.seconds = 0.0  # wall time spent training, summed over resumes
+        self.best_loss, self._window = math.inf, []  # mean loss between checkpoints, for best.safetensors
+        self._stop_signal: int | None = None
         if resume:
             if not latest.exists():
                 raise UndiffuseError(f"nothing to resume: {latest} does not exist")
+            if self.dist.main:  # half-written files of a killed run (the files they replace are intact)
+                for stale in self.ckpt_dir.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
             self._restore(latest)
 
     # ------------------------------------------------------------------ one optimizer step
@@ -103,15 +132,17 @@ class Trainer:
         micro = cfg.train.batch_size // cfg.train.grad_accum
         total = 0.0
         self.net.train()
+        shard = self.dist.shard  # every rank draws the global micro-batch and keeps its share
         for m in range(cfg.train.grad_accum):
             start = (self.step * cfg.train.grad_accum + m) * micro
             x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
             cond = None
             if self.num_classes:
                 drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
-                cond = torch.where(drop, torch.full_like(labels, -1), labels)
-            sigma = training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32)
-            noise = torch.randn(x0.shape, generator=self.gen)
+                cond = shard(torch.where(drop, torch.full_like(labels, -1), labels))
+            sigma = shard(training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32))
+            noise = shard(torch.randn(x0.shape, generator=self.gen))
+            x0 = shard(x0)
             if cfg.train.channels_last and x0.ndim == 4:
                 x0, noise = x0.contiguous(memory_format=torch.channels_last), \
                     noise.contiguous(memory_format=torch.channels_last)
@@ -120,24 +151,39 @@ class Trainer:
                                       min_snr_gamma=cfg.diffusion.min_snr_gamma or None)
             (loss / cfg.train.grad_accum).backward()
             total += float(loss.detach()) / cfg.train.grad_accum
+        total = self.dist.mean(total)
         clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             self.skipped += 1  # a non-finite step is skipped, never applied
+            self.bad_in_row += 1
             self.opt.zero_grad(set_to_none=True)
         else:
+            self.bad_in_row = 0
             self.opt.step()
             self.ema.update(self.net)
+            self._window.append(total)
         self.step += 1
         return {"loss": total, "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1)}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        log_file = open(self.out / "log.jsonl", "a")
-        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress, unit="step",
+        """Train to ``train.steps``; rank 0 writes the log, previews, checkpoints and the final export."""
+        try:
+            with self._signals():
+                return self._run()
+        except OSError as err:  # a full disk or a vanished folder mid-run: the last checkpoint is intact
+            raise UndiffuseError(f"cannot write to {self.out}: {err.strerror or err}") from None
+        finally:
+            distributed.teardown()
+
+    def _run(self) -> Path:
+        cfg, main = self.cfg, self.dist.main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        log_file = open(self.out / "log.jsonl", "a") if main else open(os.devnull, "w")
+        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.progress and main), unit="step",
                    dynamic_ncols=True, desc=cfg.name)
         summary = getattr(getattr(self.data, "data", None), "summary", "")
         if summary:  # skipped input files are named in the run's log too, never lost silently
@@ -147,6 +193,12 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 stats = self.train_step()
+                if self.bad_in_row >= cfg.train.max_bad_steps:
+                    latest = self.ckpt_dir / "latest.safetensors"
+                    kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written"
+                    raise UndiffuseError(f"{self.bad_in_row} steps in a row had a non-finite loss or gradient "
+                                         f"(up to step {self.step}): the run diverged and stopped; {kept}. "
+                                         "Try a lower train.lr or train.grad_clip > 0")
                 self.seconds = seconds0 + time.perf_counter() - t0
                 rate = (self.step - step0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(1)
@@ -155,33 +207,64 @@ class Trainer:
                     log_file.write(json.dumps({"step": self.step, **stats, "img_per_s": rate,
                                                "skipped": self.skipped, "seconds": round(self.seconds, 1)}) + "\n")
                     log_file.flush()
-                if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+                if main and cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
                     self.preview()
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
                     self.save()
+                if self.dist.any(self._stop_signal is not None):
+                    path = self.save()
+                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "another process"
+                    raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint written to {path}")
         finally:
             bar.close()
             log_file.close()
-        self.export()
+        if main:
+            self.export()
+        self.dist.barrier()
         return self.out
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """Turn SIGINT/SIGTERM into a flag checked after each step (main thread only; restored after)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        def flag(signum, frame):
+            self._stop_signal = signum
+        old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self) -> dict[str, Any]:
-        return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped,
-                "ema_updates": self.ema.updates, "seconds": self.seconds,
+        return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped, "best_loss":
+                self.best_loss if math.isfinite(self.best_loss) else None,
+                "ema_updates": self.ema.updates, "seconds": self.seconds, "world_size": self.dist.world,
                 "class_names": self.data.class_names[: self.num_classes],
                 "dim": self.data.dim}
 
     def save(self) -> Path:
-        """Write checkpoints/step_N.safetensors and latest.safetensors; keep the newest few."""
+        """Write checkpoints/step_N.safetensors and latest.safetensors, and best.safetensors when the mean
+        training loss since the last checkpoint is the lowest yet; keep the newest few step files."""
+        path = self.ckpt_dir / f"step_{self.step:08d}.safetensors"
+        loss = sum(self._window) / len(self._window) if self._window else math.nan
+        self._window = []
+        if not self.dist.main:
+            return path
         opt_tensors, opt_meta = optimizer_state(self.opt)
         tensors = {**prefixed(self.net.state_dict(), "model"), **prefixed(self.ema.model.state_dict(), "ema"),
                    **prefixed(opt_tensors, "optim"),
                    "rng.torch": torch.get_rng_state(), "rng.gen": self.gen.get_state()}
-        meta = {**self._meta(), "optimizer": opt_meta}
-        path = self.ckpt_dir / f"step_{self.step:08d}.safetensors"
+        is_best = loss < self.best_loss
+        self.best_loss = min(self.best_loss, loss) if math.isfinite(loss) else self.best_loss
+        meta = {**self._meta(), "optimizer": opt_meta, "loss": loss if math.isfinite(loss) else None}
         save_checkpoint(path, tensors, meta)
         atomic_write(self.ckpt_dir / "latest.safetensors", lambda tmp: shutil.copyfile(path, tmp))
+        if is_best:
+            atomic_write(self.ckpt_dir / "best.safetensors", lambda tmp: shutil.copyfile(path, tmp))
         old = sorted(self.ckpt_dir.glob("step_*.safetensors"))[: -self.cfg.train.keep_checkpoints or None]
         for p in old:
             p.unlink(missing_ok=True)
@@ -200,6 +283,7 @@ class Trainer:
         self.gen.set_state(tensors["rng.gen"])
         self.step, self.skipped, self.ema.updates = meta["step"], meta["skipped"], meta["ema_updates"]
         self.seconds = float(meta.get("seconds", 0.0))
+        self.best_loss = meta.get("best_loss") or math.inf
         log.info("resumed %s at step %d", path, self.step)
 
     def export(self) -> Path:
@@ -226,13 +310,25 @@ class Trainer:
         sigmas = sigma_grid(cfg.sample.grid, cfg.sample.steps, schedule=self.schedule, sigma_min=lo, sigma_max=hi)
         gens = samplers.make_generators(range(n))
         shape = (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-        x = samplers.randn(shape, gens) * float(sigmas[0])
+        x = samplers.randn(shape, gens, device=self.dist.device) * float(sigmas[0])
+        cond = cond.to(self.dist.device) if cond is not None else None
         out = samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens)
         path = self.out / "samples" / f"step_{self.step:08d}.png"
         save_png(path, make_grid(out, nrow=per_row if n_cls else None), {
             "model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
             "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"})
         return path
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the run folder cannot be created or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UndiffuseError(f"cannot write to the run folder {out}: {err.strerror or err}") from None
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:

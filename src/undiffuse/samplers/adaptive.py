@@ -45,7 +45,7 @@ def adaptive(model, x, sigmas, noise, callback, rtol: float = 0.01, atol: float 
         nonlocal calls
         calls += 1
         nfe[idx.cpu()] += 1
-        return model(xs, (-lam_s).exp().to(xs.dtype))
+        return model(xs, (-lam_s).exp().to(xs.dtype), rows=idx)
 
     while True:
         active = torch.nonzero(lam < lam_end - 1e-12).flatten()

@@ -55,19 +55,25 @@ def randn(shape: Sequence[int], generator: GeneratorArg = None, dtype: torch.dty
     """N(0, I) of ``shape``; with a list of generators row i is drawn from generator i alone."""
     if generator is None:
         return torch.randn(*shape, dtype=dtype, device=device)
+    # drawn where the generator lives (CPU generators keep samples identical on every device), then moved
     if isinstance(generator, torch.Generator):
-        return torch.randn(*shape, generator=generator, dtype=dtype, device=device)
+        return torch.randn(*shape, generator=generator, dtype=dtype, device=generator.device).to(device)
     if len(generator) != shape[0]:
         raise UndiffuseError(f"got {len(generator)} generators for a batch of {shape[0]} samples")
-    return torch.stack([torch.randn(*shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
+    return torch.stack([torch.randn(*shape[1:], generator=g, dtype=dtype, device=g.device)
+                        for g in generator]).to(device)
 
 
 def _validated_model(denoiser: Callable[..., Tensor], cond: Any) -> Model:
-    """Bind ``cond``, give σ the shape (batch,), and check what the denoiser returns."""
-    def model(x: Tensor, sigma: float | Tensor) -> Tensor:
+    """Bind ``cond``, give σ the shape (batch,), and check what the denoiser returns.
+
+    ``rows`` (indices into the batch) is for samplers that evaluate a subset of the samples: the
+    condition is subset to match.
+    """
+    def model(x: Tensor, sigma: float | Tensor, rows: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         s = s.expand(x.shape[0]) if s.ndim == 0 else s
-        out = denoiser(x, s, cond=cond)
+        out = denoiser(x, s, cond=cond if rows is None else _rows(cond, rows))
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise UndiffuseError(f"the denoiser returned {got} for an input of shape {tuple(x.shape)}; "
@@ -76,6 +82,17 @@ def _validated_model(denoiser: Callable[..., Tensor], cond: Any) -> Model:
             raise UndiffuseError(f"the denoiser returned dtype {out.dtype} for an input of dtype {x.dtype}")
         return out
     return model
+
+
+def _rows(cond: Any, rows: Tensor) -> Any:
+    """The condition of a subset of the batch (a tensor, or a dict of tensors such as text embeddings)."""
+    if cond is None:
+        return None
+    if isinstance(cond, Tensor):
+        return cond[rows.to(cond.device)]
+    if isinstance(cond, dict):
+        return {k: _rows(v, rows) for k, v in cond.items()}
+    raise UndiffuseError(f"cannot take a subset of a condition of type {type(cond).__name__}")
 
 
 def _check_x(x: Any, generator: GeneratorArg) -> None:
