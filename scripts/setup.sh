@@ -19,16 +19,23 @@ if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null
         echo "setup: could not install dataset-fashion-mnist (Fashion-MNIST tests will skip)" >&2
 fi
 
-if [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
-    exit 0
+if ! [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+    if [[ ! -x $VENV/bin/python ]]; then
+        command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found (set PYTHON=...)" >&2; exit 1; }
+        echo "setup: creating $VENV" >&2
+        "$PYTHON" -m venv "$VENV"
+    fi
+    echo "setup: installing $TORCH and undiffuse[test] into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --quiet "$TORCH"
+    "$VENV/bin/python" -m pip install --quiet --quiet -e ".[test]"
+    echo "$want" > "$STAMP"
 fi
-if [[ ! -x $VENV/bin/python ]]; then
-    command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found (set PYTHON=...)" >&2; exit 1; }
-    echo "setup: creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
+
+# Captioned emoji (Twemoji, CC-BY 4.0) from the npm registry, once, into $UNDIFFUSE_DATA (~/.cache/undiffuse).
+EMOJI=${UNDIFFUSE_DATA:-$HOME/.cache/undiffuse}/emoji-datasource-twitter-16.0.0/emoji.json
+if [[ ! -f $EMOJI ]]; then
+    echo "setup: fetching emoji-datasource-twitter with npm" >&2
+    "$VENV/bin/python" -c "from undiffuse.data.emoji import fetch_emoji; fetch_emoji()" ||
+        echo "setup: could not fetch the emoji (text-to-image training needs them)" >&2
 fi
-echo "setup: installing $TORCH and undiffuse[test] into $VENV" >&2
-"$VENV/bin/python" -m pip install --quiet --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --quiet "$TORCH"
-"$VENV/bin/python" -m pip install --quiet --quiet -e ".[test]"
-echo "$want" > "$STAMP"

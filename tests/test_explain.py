@@ -123,3 +123,21 @@ def test_page_in_headless_chromium(page, tmp_path):
         browser.close()
     with Image.open(tmp_path / "page.png") as shot:
         assert shot.size == (1200, 900)
+
+
+def test_user_image_is_loaded_for_the_page(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from undiffuse.errors import UndiffuseError
+    from undiffuse.explain.build import DISPLAY, load_display_image
+    im = Image.new("RGB", (80, 60), "white")
+    ImageDraw.Draw(im).ellipse((45, 10, 75, 40), fill=(200, 0, 0))   # a red disc, right of centre, on white
+    im.save(tmp_path / "disc.png")
+    rgb, gray = load_display_image(tmp_path / "disc.png", 3), load_display_image(tmp_path / "disc.png", 1)
+    assert rgb.shape == (3, DISPLAY, DISPLAY) and gray.shape == (1, DISPLAY, DISPLAY)
+    assert rgb.min() >= -1 and rgb.max() <= 1 and float(rgb[0].mean()) > float(rgb[1].mean())  # red stays red
+    ink = (gray[0] - 1).abs() > 0.05                                 # the disc's pixels (background is white)
+    assert 0.05 < float(ink.float().mean()) < 0.5
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(UndiffuseError, match="cannot use --image .*broken.png"):
+        load_display_image(tmp_path / "broken.png", 1)

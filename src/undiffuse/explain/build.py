@@ -31,9 +31,7 @@ def load_display_image(path: str | Path, channels: int, size: int = DISPLAY) -> 
     arr = read_image(Path(path), size, channels)
     if isinstance(arr, str):
         raise UndiffuseError(f"cannot use --image {path}: {arr}")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
-    return t.float() / 127.5 - 1
+    return torch.from_numpy(np.array(arr)).float() / 127.5 - 1   # read_image gives (C, H, W)
 
 
 def upscale(img: Tensor, size: int) -> Tensor:
