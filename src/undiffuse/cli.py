@@ -112,6 +112,37 @@ def sample(
 
 
 @app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw, e.g. \"a red heart\".")],
+    model: Annotated[str, typer.Option(help="A text-conditioned run folder, checkpoint or shipped model.")]
+    = "emoji",
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")] = "dpmpp_2m",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    grid: Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")] = "karras",
+    n: Annotated[int, typer.Option(help="Number of images.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")] = 3.0,
+    out: Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")] = Path("out/generate"),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
+    import time
+
+    from .models import load_model
+    from .sampling import SampleRequest, generate as run_generate, write_images
+
+    loaded = load_model(model)
+    if not loaded.text_conditioned:
+        raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
+    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance)
+    t0 = time.perf_counter()
+    images, labels = run_generate(loaded, req, progress=progress)
+    path = write_images(loaded, req, images, labels, out)
+    typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in "
+               f"{time.perf_counter() - t0:.1f} s: {path}")
+
+
+@app.command()
 def explain(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
     = "fashion-mnist",

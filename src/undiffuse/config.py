@@ -22,14 +22,16 @@ from .errors import UndiffuseError
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy
+    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji (captioned: text-to-image)
     path: str = ""                   # image folder (name = "folder")
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
     image_size: int = 32             # model resolution; images are resized / padded to it
     channels: int = 1                # 1 grayscale, 3 RGB
     flip: bool = False               # random horizontal flips (not for text or digits)
-    conditional: bool = True         # train with class labels when the data has them
+    conditional: bool = True         # train with class labels (or captions) when the data has them
+    limit: int = 0                   # use only the first n images (0: all)
+    text_length: int = 32            # tokens per caption for the text encoder (name = "emoji")
 
 
 @dataclass
@@ -120,8 +122,10 @@ class Config:
                    "eps, x0, v or edm"),
                   ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
-                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy"),
-                   "fashion_mnist, folder, digits or toy")]
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji"),
+                   "fashion_mnist, folder, digits, toy or emoji"),
+                  ("data.limit", self.data.limit >= 0, "≥ 0"),
+                  ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]")]
         for key, ok, allowed in checks:
             if not ok:
                 raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")

@@ -26,8 +26,9 @@ def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
     return process.DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
 
-def build_net(cfg: Config, num_classes: int, dim: int | None = None) -> nn.Module:
-    """The backbone F_θ; ``num_classes`` = 0 for an unconditional model, ``dim`` for vector data."""
+def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim: int = 0) -> nn.Module:
+    """The backbone F_θ; ``num_classes`` = 0 for an unconditional model, ``dim`` for vector data,
+    ``context_dim`` for a text-conditioned U-Net (the text encoder's width)."""
     m = cfg.model
     embedding = "fourier" if cfg.diffusion.parameterization == "edm" else "positional"
     if m.backbone == "mlp":
@@ -38,7 +39,8 @@ def build_net(cfg: Config, num_classes: int, dim: int | None = None) -> nn.Modul
     return UNet(in_channels=cfg.data.channels, image_size=cfg.data.image_size, channels=m.channels,
                 channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
                 attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
-                num_heads=m.num_heads, groups=m.groups, num_classes=num_classes, noise_embedding=embedding)
+                num_heads=m.num_heads, groups=m.groups, num_classes=num_classes, noise_embedding=embedding,
+                context_dim=context_dim)
 
 
 def build_denoiser(cfg: Config, net: nn.Module) -> Denoiser:
@@ -75,6 +77,19 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def text_conditioned(self) -> bool:
+        return bool(self.meta.get("context_dim"))
+
+    def text_encoder(self):
+        """The frozen text encoder this model was trained with (loaded once)."""
+        if not self.text_conditioned:
+            raise UndiffuseError(f"{self.source} is not text-conditioned: it takes no prompt")
+        if getattr(self, "_encoder", None) is None:
+            from .text import TextEncoder
+            self._encoder = TextEncoder(max_length=self.config.data.text_length)
+        return self._encoder
 
     def sigmas(self, steps: int, grid: str | None = None) -> Tensor:
         """A sampling grid for this model (default: its config's grid)."""
@@ -123,7 +138,7 @@ def load_model(model: str | Path) -> LoadedModel:
         meta = {**json.loads(side.read_text()), **meta}
     cfg = config_from_json(json.dumps(meta["config"]))
     class_names = list(meta.get("class_names", []))
-    net = build_net(cfg, len(class_names), dim=meta.get("dim"))
+    net = build_net(cfg, len(class_names), dim=meta.get("dim"), context_dim=int(meta.get("context_dim") or 0))
     weights = group(tensors, "ema") or group(tensors, "model")
     load_module_state(net, weights, what=str(path))
     net.eval().requires_grad_(False)

@@ -29,6 +29,7 @@ class SampleRequest:
     steps: int = 20
     grid: str = "karras"
     label: int | None = None      # None: unconditional, or every class in turn for a conditional model
+    prompt: str | None = None     # for a text-conditioned model ("" or None: unconditional)
     guidance: float = 2.0
     batch_size: int = 64
 
@@ -68,10 +69,18 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
         raise UndiffuseError(f"n and steps must be positive, got n={req.n}, steps={req.steps}")
     if not math.isfinite(req.guidance):
         raise UndiffuseError(f"guidance must be a finite number, got {req.guidance}")
+    if req.prompt is not None and not model.text_conditioned:
+        raise UndiffuseError(f"{model.source} is not text-conditioned: it takes no prompt")
     sampler = samplers.get(req.sampler)
     sigmas = model.sigmas(req.steps, req.grid)
     labels = labels_for(model, req)
     denoiser = CFGDenoiser(model.denoiser, req.guidance) if labels is not None else model.denoiser
+    text = None
+    if model.text_conditioned:
+        encoder = model.text_encoder()
+        text, null = encoder([req.prompt or ""]), encoder([""])
+        denoiser = CFGDenoiser(model.denoiser, req.guidance,
+                               uncond=lambda c: null.expand(len(c["pooled"])).as_cond())
     cfg = model.config
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     out = []
@@ -90,6 +99,8 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
             gens = samplers.make_generators([req.seed + i for i in idx])
             x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
             cond = labels[idx.start:idx.stop] if labels is not None else None
+            if text is not None:
+                cond = text.expand(len(idx)).as_cond()
             out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=step))
     return torch.cat(out), labels
 
@@ -99,7 +110,9 @@ def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels:
     """grid.png plus one PNG per sample, each with its parameters in a text chunk."""
     out = Path(out_dir)
     base = {"model": model.source, **{k: v for k, v in asdict(req).items() if k not in ("n", "batch_size", "label")}}
-    if labels is None:
+    if not model.text_conditioned:
+        base.pop("prompt")
+    if labels is None and not model.text_conditioned:
         base.pop("guidance")
     for i, img in enumerate(images):
         params = {**base, "seed": req.seed + i}

@@ -98,7 +98,9 @@ class Trainer:
         self.data: TrainingData = load_training_data(cfg)
         self.num_classes = self.data.num_classes if cfg.data.conditional else 0
         torch.manual_seed(cfg.train.seed)
-        self.net = build_net(cfg, self.num_classes, dim=self.data.dim).to(self.dist.device)
+        self.context_dim = getattr(self.data, "context_dim", 0) if cfg.data.conditional else 0
+        self.net = build_net(cfg, self.num_classes, dim=self.data.dim, context_dim=self.context_dim
+                             ).to(self.dist.device)
         if cfg.train.channels_last and self.data.dim is None:
             self.net = self.net.to(memory_format=torch.channels_last)
         trained = self.net
@@ -137,7 +139,10 @@ class Trainer:
             start = (self.step * cfg.train.grad_accum + m) * micro
             x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
             cond = None
-            if self.num_classes:
+            if self.context_dim:  # captions: drop to the empty prompt as often as labels would be dropped
+                drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
+                cond = {k: shard(v) for k, v in labels.where(drop, self.data.null).as_cond().items()}
+            elif self.num_classes:
                 drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
                 cond = shard(torch.where(drop, torch.full_like(labels, -1), labels))
             sigma = shard(training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32))
@@ -243,7 +248,7 @@ class Trainer:
         return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped, "best_loss":
                 self.best_loss if math.isfinite(self.best_loss) else None,
                 "ema_updates": self.ema.updates, "seconds": self.seconds, "world_size": self.dist.world,
-                "class_names": self.data.class_names[: self.num_classes],
+                "class_names": self.data.class_names[: self.num_classes], "context_dim": self.context_dim,
                 "dim": self.data.dim}
 
     def save(self) -> Path:
@@ -306,12 +311,19 @@ class Trainer:
         cond = torch.arange(n_cls).repeat_interleave(per_row) if n_cls else None
         if cond is not None:
             denoiser = CFGDenoiser(denoiser, cfg.sample.guidance)
+        if self.context_dim:  # the first caption of the first n images, guided
+            n = min(len(self.data), 16)
+            cond = self.data.table[self.data.offsets[:n]].as_cond()
+            null = self.data.null
+            denoiser = CFGDenoiser(denoiser, cfg.sample.guidance, uncond=lambda c: null.expand(len(c["pooled"]))
+                                   .as_cond())
+            cond = {k: v.to(self.dist.device) for k, v in cond.items()}
         lo, hi = sigma_range(cfg)
         sigmas = sigma_grid(cfg.sample.grid, cfg.sample.steps, schedule=self.schedule, sigma_min=lo, sigma_max=hi)
         gens = samplers.make_generators(range(n))
         shape = (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         x = samplers.randn(shape, gens, device=self.dist.device) * float(sigmas[0])
-        cond = cond.to(self.dist.device) if cond is not None else None
+        cond = cond.to(self.dist.device) if isinstance(cond, Tensor) else cond
         out = samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens)
         path = self.out / "samples" / f"step_{self.step:08d}.png"
         save_png(path, make_grid(out, nrow=per_row if n_cls else None), {

@@ -69,12 +69,63 @@ class ImageTrainingData:
         return self.data.batch(indices, flip=self.flip, generator=generator), self.data.labels[indices]
 
 
+@dataclass
+class TextImageData:
+    """Captioned images for text-to-image training: each draw picks one of the image's caption variants.
+
+    ``table`` holds the embeddings of every variant (image i owns rows offsets[i]:offsets[i+1]);
+    ``null`` is the empty prompt's, what caption dropout trains on for classifier-free guidance.
+    """
+
+    data: object            # ImageData (uint8 images, no labels)
+    captions: list[list[str]]
+    table: object           # TextEmbedding (sum of variants, L, D)
+    offsets: Tensor         # (N + 1,)
+    null: object            # TextEmbedding (1, L, D)
+    flip: bool = False
+    dim: None = None
+    class_names: list[str] = field(default_factory=list)
+    num_classes: int = 0
+
+    @property
+    def context_dim(self) -> int:
+        return self.table.tokens.shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, indices: Tensor, generator: torch.Generator):
+        x0 = self.data.batch(indices, flip=self.flip, generator=generator)
+        start, count = self.offsets[indices], self.offsets[indices + 1] - self.offsets[indices]
+        pick = start + (torch.rand(len(indices), generator=generator) * count).long()
+        return x0, self.table[pick]
+
+
+def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
+    """Twemoji with caption variants, embedded once by the frozen text encoder (cached beside the data)."""
+    from ..text import TextEncoder, cached_embeddings
+    from .emoji import data_root, load_emoji
+    from .images import ImageData
+
+    d = cfg.data
+    emoji = load_emoji(size=d.image_size, channels=d.channels, limit=d.limit or None)
+    flat = [c for caps in emoji.captions for c in caps]
+    counts = torch.tensor([len(c) for c in emoji.captions])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    encoder = TextEncoder(max_length=d.text_length)
+    table = cached_embeddings(encoder, flat, data_root() / "embeddings", progress=progress)
+    images = ImageData(emoji.images, torch.full((len(emoji),), -1))
+    return TextImageData(images, emoji.captions, table, offsets, encoder([""]), flip=d.flip)
+
+
 def load_training_data(cfg: Config) -> TrainingData:
     """The data set a config names, at the model's size and channel count."""
     d = cfg.data
     if d.name == "toy":
         from .toy import toy_dataset
         return PointData(toy_dataset(d.toy_set, d.toy_size, seed=cfg.train.seed))
+    if d.name == "emoji":
+        return load_text_image_data(cfg)
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist
         images = load_fashion_mnist("train", size=d.image_size)
@@ -86,4 +137,6 @@ def load_training_data(cfg: Config) -> TrainingData:
         images = load_image_folder(d.path, size=d.image_size, channels=d.channels)
     if images.channels != d.channels:
         raise UndiffuseError(f"data.channels is {d.channels} but the {d.name} images have {images.channels}")
+    if d.limit:
+        images = images.subset(torch.arange(min(d.limit, len(images))))
     return ImageTrainingData(images, flip=d.flip)

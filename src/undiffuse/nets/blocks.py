@@ -124,6 +124,27 @@ class AttentionBlock(nn.Module):
         return x + self.proj(a)
 
 
+class CrossAttentionBlock(nn.Module):
+    """x + proj(MHA(q = GN x, k, v = the text tokens)): every position looks at the prompt's tokens,
+    padding masked out (Rombach et al. 2022, §3.3; Saharia et al. 2022). Starts as the identity."""
+
+    def __init__(self, ch: int, groups: int, head_dim: int, context_dim: int):
+        super().__init__()
+        self.heads = ch // head_dim
+        self.norm = nn.GroupNorm(groups, ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = zero_(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:  # (B,C,H,W), (B,L,D), (B,L)
+        B, C, H, W = x.shape
+        d = C // self.heads
+        q = self.q(self.norm(x)).reshape(B, self.heads, d, H * W).transpose(-1, -2)   # (B, heads, HW, d)
+        k, v = self.kv(tokens).reshape(B, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # 2 × (B, heads, L, d)
+        a = attention_fp32(q, k, v, mask.to(torch.bool)).to(q.dtype)
+        return x + self.proj(a.transpose(-1, -2).reshape(B, C, H, W))
+
+
 class Downsample(nn.Module):
     """Halve H and W: a 3×3 conv of stride 2 (ADM's conv_resample) or 2×2 average pooling."""
 

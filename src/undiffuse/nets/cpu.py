@@ -39,15 +39,17 @@ def train_autocast(enabled: bool = True, device_type: str = "cpu") -> Iterator[N
         yield
 
 
-def attention_fp32(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q kᵀ/√d) v in fp32 whatever the autocast state: (B, heads, N, d)³ -> (B, heads, N, d).
+def attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q kᵀ/√d) v in fp32 whatever the autocast state: (B, heads, N, d), (B, heads, M, d)² ->
+    (B, heads, N, d); ``mask`` (B, M), True where a key may be attended to (False: padding).
 
     CPU autocast would cast fp32 inputs back to bf16, so autocast is switched off inside. The
     inputs are made contiguous: with a strided last dim SDPA falls back to its slower math path.
     """
     q, k, v = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k, v))
+    attn_mask = mask[:, None, None, :] if mask is not None else None
     with torch.autocast(q.device.type, enabled=False):
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def keep_freed_memory() -> bool:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import UndiffuseError
-from .blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_
+from .blocks import AttentionBlock, CrossAttentionBlock, Downsample, ResBlock, Upsample, zero_
 from .layers import LabelEmbedding
 from .layers import noise_embedding as noise_embedding_layer
 
@@ -26,7 +26,11 @@ class UNet(nn.Module):
     ``noise_embedding``: "positional" for a discrete step t ∈ [0, T) (VPDenoiser with a schedule),
     "fourier" for a continuous c_noise such as ¼ ln σ (EDMDenoiser, VPDenoiser without one).
     ``cond``: None (all samples unconditional) or labels (B,) in [0, num_classes), where -1 (or
-    ``num_classes``) is the "no class" token that classifier-free guidance trains on.
+    ``num_classes``) is the "no class" token that classifier-free guidance trains on. With
+    ``context_dim`` > 0 the net is text-conditioned and ``cond`` is a dict of the prompt's token
+    embeddings "tokens" (B, L, context_dim), their "mask" (B, L) and the "pooled" embedding (B,
+    context_dim): the pooled one joins the noise embedding, the tokens are cross-attended to after
+    every self-attention block.
     ``image_size`` is the size the config is checked against; any H, W divisible by
     2**(len(channel_mult)-1) works in forward. ``attention_resolutions`` are feature-map sizes
     for ``image_size``; for other input sizes attention stays at the same levels.
@@ -51,6 +55,7 @@ class UNet(nn.Module):
         noise_embedding: Literal["positional", "fourier"] = "positional",
         groups: int = 32,
         conv_downsample: bool = True,
+        context_dim: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -79,23 +84,28 @@ class UNet(nn.Module):
             head_dim_of = {w: head_dim for w in att_widths}
         if not 0 <= dropout < 1:
             raise UndiffuseError(f"dropout must be in [0, 1), got {dropout}")
-        if num_classes < 0:
-            raise UndiffuseError(f"num_classes must be >= 0, got {num_classes}")
+        if num_classes < 0 or context_dim < 0 or (num_classes and context_dim):
+            raise UndiffuseError(f"a UNet takes classes or text, not both: num_classes={num_classes}, "
+                                 f"context_dim={context_dim}")
 
         self.in_channels, self.out_channels, self.factor = in_channels, out_channels, factor
-        self.num_classes = num_classes
+        self.num_classes, self.context_dim = num_classes, context_dim
         emb_dim = 4 * channels
 
         # Noise level (and class) -> one embedding vector per sample, shared by every block.
         self.noise_embed = noise_embedding_layer(noise_embedding, channels)
         self.emb_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = LabelEmbedding(num_classes, emb_dim) if num_classes else None
+        self.text_embed = nn.Linear(context_dim, emb_dim) if context_dim else None
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, groups, dropout)
 
-        def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, groups, head_dim_of[ch])
+        def attn(ch: int) -> list[nn.Module]:
+            blocks: list[nn.Module] = [AttentionBlock(ch, groups, head_dim_of[ch])]
+            if context_dim:
+                blocks.append(CrossAttentionBlock(ch, groups, head_dim_of[ch], context_dim))
+            return blocks
 
         # Down path: each level's blocks push a skip; every level but the last ends in a downsample.
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -103,20 +113,20 @@ class UNet(nn.Module):
         skips, ch = [channels], channels
         for i, w in enumerate(widths):
             for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([res(ch, w)] + ([attn(w)] if i in attn_levels else [])))
+                self.down.append(nn.ModuleList([res(ch, w)] + (attn(w) if i in attn_levels else [])))
                 ch = w
                 skips.append(ch)
             if i < levels - 1:
                 self.down.append(nn.ModuleList([Downsample(ch, conv_downsample)]))
                 skips.append(ch)
 
-        self.mid = nn.ModuleList([res(ch, ch), attn(ch), res(ch, ch)])
+        self.mid = nn.ModuleList([res(ch, ch), *attn(ch), res(ch, ch)])
 
         # Up path: num_res_blocks + 1 blocks per level, each eating one skip; then an upsample.
         self.up = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             for j in range(num_res_blocks + 1):
-                block = [res(ch + skips.pop(), w)] + ([attn(w)] if i in attn_levels else [])
+                block = [res(ch + skips.pop(), w)] + (attn(w) if i in attn_levels else [])
                 ch = w
                 if i > 0 and j == num_res_blocks:
                     block.append(Upsample(ch))
@@ -126,7 +136,7 @@ class UNet(nn.Module):
         # Zero output: the net starts as F ≡ 0, so the denoiser starts as its skip path (EDM, DiT).
         self.out = zero_(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | dict[str, Tensor] | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise UndiffuseError(f"this UNet takes images (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
@@ -135,8 +145,12 @@ class UNet(nn.Module):
         if len(noise_cond) not in (1, len(x)):
             raise UndiffuseError(f"noise_cond has {len(noise_cond)} values for a batch of {len(x)}")
         emb = self.emb_mlp(self.noise_embed(noise_cond.expand(len(x))))                 # (B, E)
+        text = None
         if self.class_embed is not None:
             emb = emb + self.class_embed(cond, len(x))
+        elif self.text_embed is not None:
+            text = self._check_text(cond, len(x))
+            emb = emb + self.text_embed(text["pooled"].to(emb.dtype))
         elif cond is not None:
             raise UndiffuseError("this UNet is unconditional (num_classes=0) but got a class label")
         emb = F.silu(emb)                                                                # (B, E)
@@ -144,15 +158,32 @@ class UNet(nn.Module):
         h = self.inp(x)                                                                  # (B, C, H, W)
         skips = [h]
         for block in self.down:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, text)
             skips.append(h)
-        h = self._run(self.mid, h, emb)                                                  # (B, C·m, H/f, W/f)
+        h = self._run(self.mid, h, emb, text)                                            # (B, C·m, H/f, W/f)
         for block in self.up:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, text)
         return self.out(F.silu(self.out_norm(h))).to(x.dtype)                            # (B, C_out, H, W)
 
     @staticmethod
-    def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor, text: dict[str, Tensor] | None) -> Tensor:
         for b in blocks:
-            h = b(h, emb) if isinstance(b, ResBlock) else b(h)
+            if isinstance(b, ResBlock):
+                h = b(h, emb)
+            elif isinstance(b, CrossAttentionBlock):
+                h = b(h, text["tokens"], text["mask"])
+            else:
+                h = b(h)
         return h
+
+    def _check_text(self, cond: object, batch: int) -> dict[str, Tensor]:
+        if not isinstance(cond, dict) or not {"tokens", "mask", "pooled"} <= set(cond):
+            raise UndiffuseError("this UNet is text-conditioned: cond must be a dict with tokens, mask and pooled "
+                                 "(see undiffuse.text.TextEncoder)")
+        tokens, mask, pooled = cond["tokens"], cond["mask"], cond["pooled"]
+        if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != self.context_dim \
+                or mask.shape != tokens.shape[:2] or pooled.shape != (batch, self.context_dim):
+            raise UndiffuseError(f"text cond for a batch of {batch} needs tokens (B, L, {self.context_dim}), mask "
+                                 f"(B, L) and pooled (B, {self.context_dim}); got {tuple(tokens.shape)}, "
+                                 f"{tuple(mask.shape)}, {tuple(pooled.shape)}")
+        return cond

@@ -43,6 +43,16 @@ class TextEmbedding:
     def __len__(self) -> int:
         return len(self.pooled)
 
+    def where(self, rows: Tensor, other: TextEmbedding) -> TextEmbedding:
+        """Rows where ``rows`` (B,) is True taken from ``other`` (one row, broadcast), the rest kept."""
+        r = rows.reshape(-1, 1)
+        return TextEmbedding(torch.where(r[..., None], other.tokens, self.tokens),
+                             torch.where(r, other.mask, self.mask), torch.where(r, other.pooled, self.pooled))
+
+    def expand(self, n: int) -> TextEmbedding:
+        """One row repeated n times."""
+        return TextEmbedding(self.tokens.expand(n, -1, -1), self.mask.expand(n, -1), self.pooled.expand(n, -1))
+
 
 def model_dir() -> Path:
     try:
