@@ -81,34 +81,48 @@ def train(
     typer.echo(f"trained {cfg.name} to step {cfg.train.steps}: {out / 'model.safetensors'}")
 
 
+# Options shared by `sample` and `generate`.
+SamplerOpt = Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")]
+StepsOpt = Annotated[int, typer.Option(help="Sampling steps.")]
+GridOpt = Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")]
+NOpt = Annotated[int, typer.Option(help="Number of images.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
+GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")]
+OutOpt = Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
+    """Generate, write the PNGs; (grid path, seconds)."""
+    import time
+
+    from .sampling import generate as run_generate
+    from .sampling import write_images
+
+    t0 = time.perf_counter()
+    images, labels = run_generate(loaded, req, progress=progress)
+    return write_images(loaded, req, images, labels, out), time.perf_counter() - t0
+
+
 @app.command()
 def sample(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
     = "fashion-mnist",
-    sampler: Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")] = "dpmpp_2m",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
-    grid: Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")] = "karras",
-    n: Annotated[int, typer.Option(help="Number of images.")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 16,
+    seed: SeedOpt = 0,
     class_: Annotated[str | None, typer.Option("--class", help="Class name or index (default: all classes "
                                                "in turn, for a conditional model).")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")] = 2.0,
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")] = Path("out/samples"),
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
 ) -> None:
     """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
-    import time
-
     from .models import load_model
-    from .sampling import SampleRequest, generate, parse_class, write_images
+    from .sampling import SampleRequest, parse_class
 
     loaded = load_model(model)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
                         label=parse_class(loaded, class_), guidance=guidance)
-    t0 = time.perf_counter()
-    images, labels = generate(loaded, req, progress=progress)
-    path = write_images(loaded, req, images, labels, out)
-    typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {time.perf_counter() - t0:.1f} s: {path}")
+    path, seconds = _draw(loaded, req, out, progress)
+    typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
 
 @app.command()
@@ -116,30 +130,20 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. \"a red heart\".")],
     model: Annotated[str, typer.Option(help="A text-conditioned run folder, checkpoint or shipped model.")]
     = "emoji",
-    sampler: Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")] = "dpmpp_2m",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
-    grid: Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")] = "karras",
-    n: Annotated[int, typer.Option(help="Number of images.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")] = 3.0,
-    out: Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")] = Path("out/generate"),
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 8,
+    seed: SeedOpt = 0, guidance: GuidanceOpt = 3.0, out: OutOpt = Path("out/generate"),
+    progress: ProgressOpt = True,
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
-    import time
-
     from .models import load_model
-    from .sampling import SampleRequest, generate as run_generate, write_images
+    from .sampling import SampleRequest
 
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance)
-    t0 = time.perf_counter()
-    images, labels = run_generate(loaded, req, progress=progress)
-    path = write_images(loaded, req, images, labels, out)
-    typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in "
-               f"{time.perf_counter() - t0:.1f} s: {path}")
+    path, seconds = _draw(loaded, req, out, progress)
+    typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
 
 @app.command()
