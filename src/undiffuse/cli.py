@@ -146,6 +146,133 @@ def generate(
     typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
 
+ModelOpt = Annotated[str, typer.Option(help="A run folder, a checkpoint file, or a shipped model's name.")]
+ClassOpt = Annotated[str | None, typer.Option("--class", help="Class name or index (default: no class).")]
+PromptOpt = Annotated[str | None, typer.Option(help="A prompt, for a text-conditioned model.")]
+
+
+def _task_setup(model: str, class_: str | None, prompt: str | None, **kw):
+    """The loaded model and a request for one of the image tasks (no class: unconditional)."""
+    from .models import load_model
+    from .sampling import SampleRequest, parse_class
+
+    loaded = load_model(model)
+    label = parse_class(loaded, class_)
+    if label is None and loaded.num_classes:
+        label = -1  # the "no class" token: the model's unconditional half
+    return loaded, SampleRequest(label=label, prompt=prompt, **kw)
+
+
+def _load_input(path: Path, loaded, size: int | None = None):
+    """An input image converted to the model's channels and size (centre crop + resize), in [-1, 1]."""
+    import numpy as np
+    import torch
+
+    from .data.folder import read_image
+    arr = read_image(path, size or loaded.config.data.image_size, loaded.config.data.channels)
+    if isinstance(arr, str):
+        raise UndiffuseError(f"cannot read {path}: {arr}")
+    return torch.from_numpy(np.array(arr)).float() / 127.5 - 1
+
+
+def _save_task(loaded, req, images, out: Path, extra: dict) -> Path:
+    from .images import make_grid, save_png
+    params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}
+    for i, img in enumerate(images):
+        save_png(out / f"{i:04d}_seed{req.seed + i}.png", img, {**params, "seed": req.seed + i})
+    return save_png(out / "grid.png", make_grid(images), params, scale=2)
+
+
+@app.command()
+def inpaint(
+    image: Annotated[Path, typer.Argument(help="The image (converted to the model's size and channels).")],
+    mask: Annotated[Path, typer.Option(help="PNG mask: white = fill, black = keep.")],
+    model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
+    resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 0,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/inpaint"),
+) -> None:
+    """Fill the white part of MASK in IMAGE; the rest is kept."""
+    from .tasks import inpaint as run_inpaint
+
+    loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
+                              guidance=guidance)
+    if resample < 0:
+        raise UndiffuseError(f"--resample must be ≥ 0, got {resample}")
+    img = _load_input(image, loaded)
+    from .data.folder import read_image
+    m = read_image(mask, loaded.config.data.image_size, 1)
+    if isinstance(m, str):
+        raise UndiffuseError(f"cannot read the mask {mask}: {m}")
+    import torch
+    hole = torch.from_numpy(m[0] > 127).float()
+    if not 0 < float(hole.mean()) < 1:
+        raise UndiffuseError(f"the mask {mask} must have both white (fill) and black (keep) pixels")
+    result = run_inpaint(loaded, img, hole, req, resample=resample)
+    path = _save_task(loaded, req, result, out, {"task": "inpaint", "image": str(image), "resample": resample})
+    typer.echo(f"inpainted {n} versions: {path}")
+
+
+@app.command()
+def upscale(
+    image: Annotated[Path, typer.Argument(help="The low-resolution image.")],
+    factor: Annotated[int, typer.Option(help="2 or 4; the model's size is the output size.")] = 2,
+    strength: Annotated[float, typer.Option(help="1: start from noise; < 1: from the enlarged input noised "
+                                            "that far (faster, closer to the input).")] = 1.0,
+    model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/upscale"),
+) -> None:
+    """Super-resolution ×2 or ×4 whose output averages back down to the input."""
+    from .tasks import upscale as run_upscale
+
+    loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
+                              guidance=guidance)
+    size = loaded.config.data.image_size
+    if factor not in (2, 4) or size % factor:
+        raise UndiffuseError(f"--factor must be 2 or 4 and divide the model's size {size}, got {factor}")
+    low = _load_input(image, loaded, size // factor)
+    result = run_upscale(loaded, low, factor, req, strength=strength)
+    path = _save_task(loaded, req, result, out, {"task": "upscale", "image": str(image), "factor": factor})
+    typer.echo(f"upscaled ×{factor} ({size // factor} → {size} px), {n} versions: {path}")
+
+
+@app.command()
+def edit(
+    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    strength: Annotated[float, typer.Option(help="How far to noise it, 0-1: more changes more.")] = 0.6,
+    model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/edit"),
+) -> None:
+    """Image-to-image (SDEdit): noise IMAGE to STRENGTH and denoise it, towards --class or --prompt."""
+    from .tasks import edit as run_edit
+
+    loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
+                              guidance=guidance)
+    result = run_edit(loaded, _load_input(image, loaded), req, strength=strength)
+    path = _save_task(loaded, req, result, out, {"task": "edit", "image": str(image), "strength": strength})
+    typer.echo(f"edited {n} versions at strength {strength}: {path}")
+
+
+@app.command()
+def denoise(
+    image: Annotated[Path, typer.Argument(help="A noisy image.")],
+    sigma: Annotated[float | None, typer.Option(help="Noise σ on the [-1, 1] scale (default: estimated).")]
+    = None,
+    model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 10, seed: SeedOpt = 0,
+    out: OutOpt = Path("out/denoise"),
+) -> None:
+    """Remove Gaussian noise: estimate σ, start the reverse process there."""
+    from .tasks import denoise as run_denoise
+
+    loaded, req = _task_setup(model, class_, prompt, n=1, seed=seed, sampler=sampler, steps=steps, guidance=1.0)
+    result, used = run_denoise(loaded, _load_input(image, loaded), req, sigma=sigma)
+    path = _save_task(loaded, req, result, out, {"task": "denoise", "image": str(image), "sigma": round(used, 4)})
+    typer.echo(f"denoised at σ = {used:.3f} ({'given' if sigma is not None else 'estimated'}): {path}")
+
+
 @app.command()
 def explain(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]

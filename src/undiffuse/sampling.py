@@ -58,6 +58,27 @@ def labels_for(model: LoadedModel, req: SampleRequest) -> Tensor | None:
     return torch.arange(req.n) % model.num_classes
 
 
+def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..., Tensor], Tensor | None, Any]:
+    """The denoiser to sample with (classifier-free guided for a class or prompt), the per-sample labels
+    (or None) and the prompt's embedding (or None)."""
+    labels = labels_for(model, req)
+    denoiser = CFGDenoiser(model.denoiser, req.guidance) if labels is not None else model.denoiser
+    text = None
+    if model.text_conditioned:
+        encoder = model.text_encoder()
+        text, null = encoder([req.prompt or ""]), encoder([""])
+        denoiser = CFGDenoiser(model.denoiser, req.guidance,
+                               uncond=lambda c: null.expand(len(c["pooled"])).as_cond())
+    return denoiser, labels, text
+
+
+def cond_for(labels: Tensor | None, text: Any, rows: range) -> Any:
+    """The condition of samples ``rows``: their labels, the prompt's embedding repeated, or None."""
+    if text is not None:
+        return text.expand(len(rows)).as_cond()
+    return labels[rows.start:rows.stop] if labels is not None else None
+
+
 @torch.no_grad()
 def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
              callback: Callable[..., Any] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -73,14 +94,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
         raise UndiffuseError(f"{model.source} is not text-conditioned: it takes no prompt")
     sampler = samplers.get(req.sampler)
     sigmas = model.sigmas(req.steps, req.grid)
-    labels = labels_for(model, req)
-    denoiser = CFGDenoiser(model.denoiser, req.guidance) if labels is not None else model.denoiser
-    text = None
-    if model.text_conditioned:
-        encoder = model.text_encoder()
-        text, null = encoder([req.prompt or ""]), encoder([""])
-        denoiser = CFGDenoiser(model.denoiser, req.guidance,
-                               uncond=lambda c: null.expand(len(c["pooled"])).as_cond())
+    denoiser, labels, text = guided_denoiser(model, req)
     cfg = model.config
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     out = []
@@ -98,9 +112,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
             idx = range(start, min(start + req.batch_size, req.n))
             gens = samplers.make_generators([req.seed + i for i in idx])
             x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
-            cond = labels[idx.start:idx.stop] if labels is not None else None
-            if text is not None:
-                cond = text.expand(len(idx)).as_cond()
+            cond = cond_for(labels, text, idx)
             out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=step))
     return torch.cat(out), labels
 

@@ -1,0 +1,64 @@
+"""Data consistency on the denoiser's estimate x̂₀, so any sampler keeps what is known about the image.
+
+- Inpainting: x̂₀ ← m ⊙ y + (1 - m) ⊙ x̂₀ on the known pixels m (the replacement method of Song et al.
+  2021, App. I, applied to x̂₀), optionally with RePaint-style resampling (Lugmayr et al. 2022):
+  r times per call, re-noise the blended estimate to the current σ and denoise again, which lets the
+  hole agree with its surroundings.
+- Super-resolution: x̂₀ ← x̂₀ - U(A x̂₀) + U(y), with A the f×f average pooling and U nearest
+  up-sampling: the low frequencies come from the input, the details from the model (ILVR, Choi et al.
+  2021; the DDRM projection, Kawar et al. 2022, for this A). A x̂₀ = y holds exactly, since A U = I.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..denoiser import Denoiser
+
+
+def downsample(x: Tensor, factor: int) -> Tensor:
+    """A: f×f average pooling, (B, C, H, W) -> (B, C, H/f, W/f)."""
+    return F.avg_pool2d(x, factor)
+
+
+def upsample(y: Tensor, factor: int) -> Tensor:
+    """U: nearest up-sampling, the right inverse of :func:`downsample` (A U y = y)."""
+    return F.interpolate(y, scale_factor=factor, mode="nearest")
+
+
+class InpaintDenoiser(Denoiser):
+    """D with the known pixels of ``known`` (where ``mask`` is 1) written into every x̂₀."""
+
+    def __init__(self, inner: nn.Module, known: Tensor, mask: Tensor, resample: int = 0,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.inner, self.known, self.mask, self.resample = inner, known, mask.to(known.dtype), resample
+        self.generator = generator
+
+    def _blend(self, x0: Tensor) -> Tensor:
+        return self.mask * self.known + (1 - self.mask) * x0
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        x0 = self._blend(self.inner(x, sigma, cond).clamp(-1, 1))
+        s = sigma.reshape(-1, *[1] * (x.ndim - 1))
+        for _ in range(self.resample):  # re-noise the harmonised estimate to σ and look again
+            noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+            x0 = self._blend(self.inner(x0 + s * noise, sigma, cond).clamp(-1, 1))
+        return x0
+
+
+class UpscaleDenoiser(Denoiser):
+    """D whose x̂₀ always down-samples (f×f average) to the low-resolution input ``low``."""
+
+    def __init__(self, inner: nn.Module, low: Tensor, factor: int):
+        super().__init__()
+        self.inner, self.factor = inner, factor
+        self.low_up = upsample(low, factor)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        x0 = self.inner(x, sigma, cond).clamp(-1, 1)
+        return x0 - upsample(downsample(x0, self.factor), self.factor) + self.low_up
