@@ -129,8 +129,8 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         f"{chain.rows[-1]['values']:,} pixel values ({chain.rows[-1]['values'] // shown.numel()} independent "
         "runs of the chain)."],
         [Picture("chain.png", f"Top: t chained steps, t = {', '.join(map(str, chain.ts))}. Bottom: one-shot "
-                 "closed form at the same t."),
-         Picture("forward.gif", "The chain, every 10th step, as an animation."),
+                 "closed form at the same t.", pixels=True),
+         Picture("forward.gif", "The chain, every 10th step, as an animation.", pixels=True),
          Picture(_fig(out, "schedules.png", forward.plot_schedules(), params),
                  "The linear (DDPM) and cosine (improved DDPM) schedules: β, ᾱ and the signal-to-noise ratio. "
                  "The cosine schedule destroys information more evenly over t.")],
@@ -182,7 +182,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                         "The reverse process at a few of its 50 DDIM steps."),
                 Slider("reverse-slider", frames, labels, "Move the slider through the 50 steps: "
                        "left x<sub>t</sub>, middle x̂<sub>0</sub>, right ε̂."),
-                Picture("reverse.gif", "The reverse process as an animation: noise becomes an image.")]
+                Picture("reverse.gif", "The reverse process as an animation: noise becomes an image.", pixels=True)]
     if hasattr(net, "down") and hasattr(net, "up"):
         stages = reverse.unet_stages(net, (channels, size, size))
         n_params = sum(p.numel() for p in net.parameters())
@@ -212,7 +212,8 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                 f"{float(new.distances.min()):.1f} to {float(new.distances.max()):.1f}; for comparison, a training "
                 f"image lies a median {new.train_spread:.1f} from its nearest other training image). The "
                 "samples resemble what the model saw, but none is a copy.")
-        pics = [Picture("new.png", "Top: samples from 8 seeds. Bottom: each one's nearest training image.")]
+        pics = [Picture("new.png", "Top: samples from 8 seeds. Bottom: each one's nearest training image.",
+                        pixels=True)]
     else:
         text, pics = train_note, []
     sections.append(Section("new", "Why the image is new", [

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 STYLE = """
 body { font: 16px/1.55 system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.9em; margin-bottom: 0.2em; } h2 { margin-top: 2.2em; border-bottom: 1px solid #ddd; }
-figure { margin: 1em 0; } figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eee; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; } img.px { image-rendering: pixelated; }
 figcaption { font-size: 0.9em; color: #555; } table { border-collapse: collapse; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
 nav a { margin-right: 1em; } .slider { display: flex; align-items: center; gap: 1em; }
@@ -33,6 +33,7 @@ class Picture:
     src: str
     caption: str
     alt: str = ""
+    pixels: bool = False   # a picture of pixels (not a plot): enlarge without smoothing
 
 
 @dataclass
@@ -59,10 +60,11 @@ def _figure(f: Picture | Slider) -> str:
         import json
         return (f'<figure class="slider-box" id="{f.id}" data-frames=\'{html.escape(json.dumps(f.frames))}\' '
                 f'data-labels=\'{html.escape(json.dumps(f.labels))}\'>'
-                f'<img src="{html.escape(f.frames[0])}" alt="{html.escape(f.caption)}">'
+                f'<img class="px" src="{html.escape(f.frames[0])}" alt="{html.escape(f.caption)}">'
                 f'<div class="slider"><input type="range" min="0" max="{len(f.frames) - 1}" value="0" '
                 f'aria-label="step"><output></output></div><figcaption>{f.caption}</figcaption></figure>')
-    return (f'<figure><img src="{html.escape(f.src)}" alt="{html.escape(f.alt or f.caption)}">'
+    cls = ' class="px"' if f.pixels else ""
+    return (f'<figure><img{cls} src="{html.escape(f.src)}" alt="{html.escape(f.alt or f.caption)}">'
             f'<figcaption>{f.caption}</figcaption></figure>')
 
 
