@@ -48,6 +48,9 @@ def main() -> None:
         raise SystemExit(f"error: {source} holds no EMA weights")
     meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "seconds") if k in meta}
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
+    # the run may have been stopped at a checkpoint: the model is the recipe run for that many steps
+    # (exactly so with the constant learning rate after warm-up)
+    meta["config"]["train"]["steps"] = meta["step"]
     seconds = args.seconds if args.seconds is not None else meta.get("seconds")
     card = {**meta, "training": {
         "command": args.command, "steps": meta["step"], "seconds": seconds,
