@@ -12,12 +12,17 @@ TORCH=torch==2.13.0   # pinned: an unpinned torch would pull several GB of CUDA 
 want="$TORCH $(sha256sum pyproject.toml | cut -d' ' -f1)"
 
 # Fashion-MNIST (IDX files) comes from Debian's package; tests that need it skip without it.
-if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-    echo "setup: installing dataset-fashion-mnist" >&2
-    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
-        echo "setup: could not install dataset-fashion-mnist (Fashion-MNIST tests will skip)" >&2
-fi
+# Tux Paint's captioned stamps likewise (text-to-image training on clip-art).
+install_deb() {  # package, folder it provides
+    if [[ ! -d $2 ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+        echo "setup: installing $1" >&2
+        (apt-get install -y -qq "$1" >/dev/null 2>&1 ||
+         { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$1" >/dev/null 2>&1; }) ||
+            echo "setup: could not install $1 (tests that need it will skip)" >&2
+    fi
+}
+install_deb dataset-fashion-mnist /usr/share/datasets/fashion-mnist
+install_deb tuxpaint-stamps-default /usr/share/tuxpaint/stamps
 
 if ! [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
     if [[ ! -x $VENV/bin/python ]]; then

@@ -2,6 +2,7 @@
 and the captioned emoji data (captions with skin tones, white background, skipped files named)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,30 @@ def test_real_twemoji():
     assert len(data) == 400 and data.images.shape[1:] == (3, 32, 32) and not data.skipped
     assert data.captions[0][0] == "grinning face"
     assert any("skin tone" in c[0] for c in data.captions)
+
+
+def test_tuxpaint_stamps_captions_fit_and_skips(tmp_path):
+    from undiffuse.data import tuxpaint
+    (tmp_path / "animals" / "mammals").mkdir(parents=True)
+    wide = Image.new("RGBA", (80, 20), (0, 0, 0, 0))
+    wide.paste((200, 0, 0, 255), (0, 0, 80, 20))                    # a wide red bar: must not be cropped
+    wide.save(tmp_path / "animals" / "mammals" / "kangaroo.png")
+    (tmp_path / "animals" / "mammals" / "kangaroo.txt").write_text("A red kangaroo.\nde.utf8=Ein Känguru.\n")
+    wide.save(tmp_path / "animals" / "thumb.png")                     # no caption: not a stamp
+    (tmp_path / "animals" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "animals" / "broken.txt").write_text("A broken stamp.\n")
+    (tmp_path / "animals" / "vector.svg").write_text("<svg/>")
+    data = tuxpaint.load_tuxpaint(size=16, root=tmp_path)
+    assert len(data) == 1 and data.captions[0] == ["a red kangaroo", "a red kangaroo, animals mammals"]
+    img = data.images[0]
+    assert img[:, 0, 0].tolist() == [255, 255, 255] and img[:, 8, 0].tolist()[0] > 150   # whole bar, on white
+    assert ("1 SVG stamps", "not rasterised") in data.skipped
+    assert any(name.endswith("broken.png") for name, _ in data.skipped)
+
+
+@pytest.mark.skipif(not Path("/usr/share/tuxpaint/stamps").is_dir(), reason="scripts/setup.sh installs the stamps")
+def test_real_tuxpaint_stamps():
+    from undiffuse.data import tuxpaint
+    data = tuxpaint.load_tuxpaint(size=32, limit=50)
+    assert len(data) == 50 and data.images.shape[1:] == (3, 32, 32)
+    assert all(c[0] and not c[0].endswith(".") for c in data.captions)

@@ -22,7 +22,7 @@ from .errors import UndiffuseError
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji (captioned: text-to-image)
+    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji, tuxpaint (captioned)
     path: str = ""                   # image folder (name = "folder")
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
@@ -31,7 +31,7 @@ class DataConfig:
     flip: bool = False               # random horizontal flips (not for text or digits)
     conditional: bool = True         # train with class labels (or captions) when the data has them
     limit: int = 0                   # use only the first n images (0: all)
-    text_length: int = 32            # tokens per caption for the text encoder (name = "emoji")
+    text_length: int = 32            # tokens per caption for the text encoder (captioned data)
 
 
 @dataclass
@@ -122,8 +122,8 @@ class Config:
                    "eps, x0, v or edm"),
                   ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
-                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji"),
-                   "fashion_mnist, folder, digits, toy or emoji"),
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "tuxpaint"),
+                   "fashion_mnist, folder, digits, toy, emoji or tuxpaint"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]")]
         for key, ok, allowed in checks:

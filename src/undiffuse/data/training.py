@@ -102,13 +102,16 @@ class TextImageData:
 
 
 def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
-    """Twemoji with caption variants, embedded once by the frozen text encoder (cached beside the data)."""
+    """Captioned images (Twemoji or Tux Paint stamps) with caption variants, embedded once by the frozen
+    text encoder (cached under the data folder)."""
     from ..text import TextEncoder, cached_embeddings
     from .emoji import data_root, load_emoji
     from .images import ImageData
+    from .tuxpaint import load_tuxpaint
 
     d = cfg.data
-    emoji = load_emoji(size=d.image_size, channels=d.channels, limit=d.limit or None)
+    load = load_emoji if d.name == "emoji" else load_tuxpaint
+    emoji = load(size=d.image_size, channels=d.channels, limit=d.limit or None)
     flat = [c for caps in emoji.captions for c in caps]
     counts = torch.tensor([len(c) for c in emoji.captions])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -124,7 +127,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name == "toy":
         from .toy import toy_dataset
         return PointData(toy_dataset(d.toy_set, d.toy_size, seed=cfg.train.seed))
-    if d.name == "emoji":
+    if d.name in ("emoji", "tuxpaint"):
         return load_text_image_data(cfg)
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist
