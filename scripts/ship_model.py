@@ -19,8 +19,13 @@ from pathlib import Path
 
 import torch
 
+from undiffuse.data import emoji, tuxpaint
 from undiffuse.checkpoint import group, load_checkpoint, prefixed, save_checkpoint
 from undiffuse.models import PRETRAINED_DIR
+
+
+DATA = {"fashion_mnist": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian's dataset-fashion-mnist",
+        "emoji": emoji.ATTRIBUTION, "tuxpaint": tuxpaint.ATTRIBUTION}
 
 
 def cpu_name() -> str:
@@ -46,7 +51,7 @@ def main() -> None:
     ema = group(tensors, "ema")
     if not ema:
         raise SystemExit(f"error: {source} holds no EMA weights")
-    meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "seconds") if k in meta}
+    meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "context_dim", "seconds") if k in meta}
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
     # the run may have been stopped at a checkpoint: the model is the recipe run for that many steps
     # (exactly so with the constant learning rate after warm-up)
@@ -56,7 +61,7 @@ def main() -> None:
         "command": args.command, "steps": meta["step"], "seconds": seconds,
         "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "date": str(date.today()),
-        "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian package dataset-fashion-mnist"}}
+        "data": DATA.get(meta["config"]["data"]["name"], meta["config"]["data"]["name"])}}
     out = PRETRAINED_DIR / args.name
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "model.safetensors", prefixed(ema, "ema"), meta)
