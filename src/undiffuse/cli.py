@@ -165,14 +165,8 @@ def _task_setup(model: str, class_: str | None, prompt: str | None, **kw):
 
 def _load_input(path: Path, loaded, size: int | None = None):
     """An input image converted to the model's channels and size (centre crop + resize), in [-1, 1]."""
-    import numpy as np
-    import torch
-
-    from .data.folder import read_image
-    arr = read_image(path, size or loaded.config.data.image_size, loaded.config.data.channels)
-    if isinstance(arr, str):
-        raise UndiffuseError(f"cannot read {path}: {arr}")
-    return torch.from_numpy(np.array(arr)).float() / 127.5 - 1
+    from .data.folder import load_image_tensor
+    return load_image_tensor(path, size or loaded.config.data.image_size, loaded.config.data.channels)
 
 
 def _save_task(loaded, req, images, out: Path, extra: dict) -> Path:
@@ -199,13 +193,9 @@ def inpaint(
                               guidance=guidance)
     if resample < 0:
         raise UndiffuseError(f"--resample must be ≥ 0, got {resample}")
+    from .data.folder import load_image_tensor
     img = _load_input(image, loaded)
-    from .data.folder import read_image
-    m = read_image(mask, loaded.config.data.image_size, 1)
-    if isinstance(m, str):
-        raise UndiffuseError(f"cannot read the mask {mask}: {m}")
-    import torch
-    hole = torch.from_numpy(m[0] > 127).float()
+    hole = (load_image_tensor(mask, loaded.config.data.image_size, 1, error="cannot read the mask")[0] > 0).float()
     if not 0 < float(hole.mean()) < 1:
         raise UndiffuseError(f"the mask {mask} must have both white (fill) and black (keep) pixels")
     result = run_inpaint(loaded, img, hole, req, resample=resample)

@@ -18,6 +18,12 @@ def null_labels(cond: Any) -> Any:
     raise TypeError(f"no default unconditional value for cond of type {type(cond).__name__}; pass uncond=")
 
 
+def null_text(null: Any) -> Callable[[dict], dict]:
+    """The "no condition" of a text condition: the empty prompt's embedding (a one-row
+    :class:`~undiffuse.text.TextEmbedding`) repeated for the batch."""
+    return lambda cond: null.expand(len(cond["pooled"])).as_cond()
+
+
 class CFGDenoiser(Denoiser):
     """Classifier-free guidance: D_w = D(x, σ, ∅) + w (D(x, σ, c) − D(x, σ, ∅)) (Ho & Salimans 2022, eq. 6).
 

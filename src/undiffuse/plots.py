@@ -48,7 +48,7 @@ def _panel(ax: Axes, title: str, points: Tensor | None = None, colours: np.ndarr
         ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=2.5, c=colours, linewidths=0, rasterized=True)
 
 
-def _nearest_state(path_sigmas: Tensor, sigma: float) -> int:
+def nearest_state(path_sigmas: Tensor, sigma: float) -> int:
     """Index of the sampler state whose (median) σ is nearest to ``sigma`` in log σ."""
     median = path_sigmas[:-1].median(dim=1).values.double()
     return int((median.log() - np.log(sigma)).abs().argmin())
@@ -73,7 +73,7 @@ def plot_demo(result: DemoResult, path: Path | str) -> Path:
         x_t = q_sample(data, alpha_bar, noise)  # the real forward process, x_t = √ᾱ x0 + √(1-ᾱ) ε
         _panel(fig.add_subplot(grid[0, col]), f"x_t ~ q(x_t | x0): σ = {sigma:g}, ᾱ = {alpha_bar:.2f}\n"
                f"(DDPM linear schedule: t ≈ {t:.0f})", x_t, data_colours)
-        k = _nearest_state(gen.path_sigmas, sigma)
+        k = nearest_state(gen.path_sigmas, sigma)
         _panel(fig.add_subplot(grid[1, col]), f"sampler's x at σ = {float(gen.path_sigmas[k].median()):.3g}\n"
                f"(step {k + 1} of {n_steps})", gen.path[k], sample_colours)
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import samplers
 from .errors import UndiffuseError
-from .guidance import CFGDenoiser
+from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .models import LoadedModel
 
@@ -67,8 +67,7 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..
     if model.text_conditioned:
         encoder = model.text_encoder()
         text, null = encoder([req.prompt or ""]), encoder([""])
-        denoiser = CFGDenoiser(model.denoiser, req.guidance,
-                               uncond=lambda c: null.expand(len(c["pooled"])).as_cond())
+        denoiser = CFGDenoiser(model.denoiser, req.guidance, uncond=null_text(null))
     return denoiser, labels, text
 
 

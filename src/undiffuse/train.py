@@ -35,7 +35,7 @@ from .config import Config, to_dict
 from .data.training import TrainingData, load_training_data
 from .ema import EMA
 from .errors import UndiffuseError
-from .guidance import CFGDenoiser
+from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .losses import denoising_loss
 from .models import build_denoiser, build_net, build_schedule, sigma_range, training_sigmas
@@ -314,9 +314,7 @@ class Trainer:
         if self.context_dim:  # the first caption of the first n images, guided
             n = min(len(self.data), 16)
             cond = self.data.table[self.data.offsets[:n]].as_cond()
-            null = self.data.null
-            denoiser = CFGDenoiser(denoiser, cfg.sample.guidance, uncond=lambda c: null.expand(len(c["pooled"]))
-                                   .as_cond())
+            denoiser = CFGDenoiser(denoiser, cfg.sample.guidance, uncond=null_text(self.data.null))
             cond = {k: v.to(self.dist.device) for k, v in cond.items()}
         lo, hi = sigma_range(cfg)
         sigmas = sigma_grid(cfg.sample.grid, cfg.sample.steps, schedule=self.schedule, sigma_min=lo, sigma_max=hi)

@@ -87,6 +87,15 @@ def read_image(path: Path, size: int, channels: int, max_pixels: int = MAX_PIXEL
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def load_image_tensor(path: str | Path, size: int, channels: int, error: str = "cannot read") -> torch.Tensor:
+    """One image file as (C, size, size) float in [-1, 1] (converted, centre-cropped, resized), or a
+    one-line error "<error> <path>: <reason>"."""
+    arr = read_image(Path(path), size, channels)
+    if isinstance(arr, str):
+        raise UndiffuseError(f"{error} {path}: {arr}")
+    return torch.from_numpy(np.array(arr)).float() / 127.5 - 1
+
+
 def skip_summary(skipped: list[tuple[str, str]], total: int) -> str:
     """'skipped 2 of 50 files: a.png (truncated), b.jpg (empty)', or '' when nothing was skipped."""
     if not skipped:

@@ -7,13 +7,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.folder import read_image
+from ..data.folder import load_image_tensor
 from ..errors import UndiffuseError
 from ..images import make_grid, save_png, to_uint8
 from ..models import LoadedModel, load_model
@@ -28,27 +27,21 @@ CHAIN_TS = (0, 50, 100, 200, 300, 500, 700, 1000)
 
 def load_display_image(path: str | Path, channels: int, size: int = DISPLAY) -> Tensor:
     """A user's image, centre-cropped and resized, as (C, size, size) in [-1, 1]; one-line error if unreadable."""
-    arr = read_image(Path(path), size, channels)
-    if isinstance(arr, str):
-        raise UndiffuseError(f"cannot use --image {path}: {arr}")
-    return torch.from_numpy(np.array(arr)).float() / 127.5 - 1   # read_image gives (C, H, W)
+    return load_image_tensor(path, size, channels, error="cannot use --image")
 
 
-def upscale(img: Tensor, size: int) -> Tensor:
-    """Nearest-neighbour upscaling (C, h, w) → (C, size, size), so pixels stay visible as pixels."""
-    return torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="nearest")[0]
+def enlarge(img: Tensor, factor: int) -> Tensor:
+    """Nearest-neighbour enlargement of (C, h, w) by an integer factor, so pixels stay visible as pixels."""
+    return torch.nn.functional.interpolate(img[None].float(), scale_factor=factor, mode="nearest")[0]
 
 
 def save_gif(path: Path, frames: Tensor, size: int, ms: int = 60, hold: int = 15) -> Path:
-    """An endlessly looping GIF of (F, C, H, W) frames in [-1, 1], the last frame held ``hold`` times."""
-    pils = [Image.fromarray(to_uint8(upscale(f, size))).convert("P") for f in frames.clamp(-1, 1)]
+    """An endlessly looping GIF of (F, C, H, W) frames in [-1, 1], enlarged to about ``size`` pixels,
+    the last frame held ``hold`` times."""
+    factor = max(1, size // frames.shape[-1])
+    pils = [Image.fromarray(to_uint8(enlarge(f, factor))).convert("P") for f in frames.clamp(-1, 1)]
     pils += [pils[-1]] * hold
     pils[0].save(path, save_all=True, append_images=pils[1:], duration=ms, loop=0, optimize=True)
-    return path
-
-
-def save_image(path: Path, img: Tensor, size: int) -> Path:
-    Image.fromarray(to_uint8(upscale(img.clamp(-1, 1), size))).save(path)
     return path
 
 
@@ -173,7 +166,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     for i, s in enumerate(path.sigmas):
         panel = torch.cat([path.x[i], path.x0_hat[i], (path.eps_hat[i] / 3).clamp(-1, 1)], dim=2)
         name = f"frames/reverse_{i:03d}.png"
-        Image.fromarray(to_uint8(upscale_rect(panel, 6))).save(out / name)
+        Image.fromarray(to_uint8(enlarge(panel, 6))).save(out / name)
         frames.append(name)
         labels.append(f"step {i + 1}/{len(path.sigmas)}, σ = {s:.3g}")
     save_gif(out / "reverse.gif", torch.cat([path.x, path.final[None]]), 192)
@@ -263,10 +256,6 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                   f"Made by undiffuse explain in {numbers['seconds']:.0f} s.")
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
-
-
-def upscale_rect(img: Tensor, factor: int) -> Tensor:
-    return torch.nn.functional.interpolate(img[None].float(), scale_factor=factor, mode="nearest")[0]
 
 
 def _class_text(m: LoadedModel, label: int | None) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..demo import Generation, generate
+from ..plots import nearest_state
 from ..process import q_sample, sigma_to_alpha_bar
 from ..train_toy import ToyConfig, ToyRun, train_toy
 
@@ -59,11 +59,6 @@ def physics(image: Tensor, seconds: float = 30.0, n: int = 3000, steps: int = 40
     return PhysicsResult(points, run, generation, forward)
 
 
-def _nearest_state(gen: Generation, sigma: float) -> Tensor:
-    median = gen.path_sigmas.median(dim=1).values.double().clamp(min=1e-6)
-    return gen.path[int((median.log() - np.log(max(sigma, 1e-6))).abs().argmin())]
-
-
 def plot_physics(res: PhysicsResult) -> Figure:
     """Top: the particles diffusing, data → Gaussian. Bottom: fresh Gaussian particles gathered back."""
     fig = Figure(figsize=(15, 5.4), dpi=100, layout="constrained")
@@ -76,7 +71,8 @@ def plot_physics(res: PhysicsResult) -> Figure:
         ab = float(sigma_to_alpha_bar(torch.tensor(sigma)))
         top.set_title("the image's particles" if sigma == 0 else f"diffused: σ = {sigma:g} (ᾱ = {ab:.3f})",
                       fontsize=9)
-        back = res.generation.samples if sigma == 0 else _nearest_state(res.generation, sigma)
+        gen = res.generation
+        back = gen.samples if sigma == 0 else gen.path[nearest_state(gen.path_sigmas, sigma)]
         bottom.scatter(back[:, 0], back[:, 1], s=1.2, color="#c05621", linewidths=0, rasterized=True)
         bottom.set_title("gathered back: new particles" if sigma == 0 else f"reverse process at σ ≈ {sigma:g}",
                          fontsize=9)

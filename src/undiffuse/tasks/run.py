@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import samplers
 from ..errors import UndiffuseError
-from ..models import LoadedModel
+from ..models import LoadedModel, build_schedule, sigma_range
 from ..process import sigmas_karras
 from ..sampling import SampleRequest, cond_for, guided_denoiser
 from .consistency import InpaintDenoiser, UpscaleDenoiser, downsample, upsample
@@ -32,7 +32,6 @@ def sigma_at_strength(model: LoadedModel, strength: float) -> float:
     """σ at the fraction ``strength`` of the forward process (SDEdit's t₀ = strength·T, Meng et al. 2022)."""
     if not 0 < strength <= 1:
         raise UndiffuseError(f"strength must be in (0, 1], got {strength}")
-    from ..models import build_schedule, sigma_range
     schedule = build_schedule(model.config)
     if schedule is not None:
         return float(schedule.t_to_sigma(torch.tensor(strength * (schedule.T - 1))))
@@ -40,17 +39,18 @@ def sigma_at_strength(model: LoadedModel, strength: float) -> float:
     return math.exp(math.log(lo) + strength * (math.log(hi) - math.log(lo)))
 
 
+def _grid_from(model: LoadedModel, sigma_start: float, steps: int) -> Tensor:
+    """A Karras σ grid from ``sigma_start`` down to the model's σ_min (then 0)."""
+    lo = sigma_range(model.config)[0]
+    return sigmas_karras(steps, lo, max(sigma_start, lo * 1.001))
+
+
 def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
          wrap=lambda d: d) -> Tensor:
     """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε."""
     denoiser, labels, text = guided_denoiser(model, req)
     denoiser = wrap(denoiser)
-    if sigma_start is None:
-        sigmas = model.sigmas(req.steps, req.grid)
-    else:
-        from ..models import sigma_range
-        lo = sigma_range(model.config)[0]
-        sigmas = sigmas_karras(req.steps, lo, max(sigma_start, lo * 1.001))
+    sigmas = model.sigmas(req.steps, req.grid) if sigma_start is None else _grid_from(model, sigma_start, req.steps)
     cfg = model.config
     shape = (req.n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     gens = samplers.make_generators([req.seed + i for i in range(req.n)])
@@ -111,9 +111,7 @@ def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float 
     sigma = estimate_noise_sigma(noisy[0]) if sigma is None else float(sigma)
     if not sigma > 0:
         raise UndiffuseError(f"the noise level must be positive, got {sigma}")
-    from ..models import sigma_range
-    lo = sigma_range(model.config)[0]
-    sigmas = sigmas_karras(req.steps, lo, max(sigma, lo * 1.001))
+    sigmas = _grid_from(model, sigma, req.steps)
     denoiser, labels, text = guided_denoiser(model, replace(req, n=1))
     out = samplers.get(req.sampler)(denoiser, noisy, sigmas, cond=cond_for(labels, text, range(1)),
                                     generator=samplers.make_generators([req.seed]))
