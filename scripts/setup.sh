@@ -48,3 +48,11 @@ if [[ ! -f $EMOJI ]]; then
     "$VENV/bin/python" -c "from undiffuse.data.emoji import fetch_emoji; fetch_emoji()" ||
         echo "setup: could not fetch the emoji (text-to-image training needs them)" >&2
 fi
+
+# Captioned emoji (OpenMoji, CC BY-SA 4.0) from the npm registry likewise; the SVGs are rasterised on first use.
+OPENMOJI=${UNDIFFUSE_DATA:-$HOME/.cache/undiffuse}/openmoji-17.0.0/data/openmoji.json
+if [[ ! -f $OPENMOJI ]]; then
+    echo "setup: fetching openmoji with npm" >&2
+    "$VENV/bin/python" -c "from undiffuse.data.openmoji import fetch_openmoji; fetch_openmoji()" ||
+        echo "setup: could not fetch OpenMoji (training on it needs them)" >&2
+fi

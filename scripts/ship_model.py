@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from undiffuse.data import emoji, tuxpaint
+from undiffuse.data import emoji, openmoji, tuxpaint
 from undiffuse.checkpoint import group, load_checkpoint, prefixed, save_checkpoint
 from undiffuse.models import PRETRAINED_DIR
 
 
 DATA = {"fashion_mnist": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian's dataset-fashion-mnist",
-        "emoji": emoji.ATTRIBUTION, "tuxpaint": tuxpaint.ATTRIBUTION}
+        "emoji": emoji.ATTRIBUTION, "tuxpaint": tuxpaint.ATTRIBUTION, "openmoji": openmoji.ATTRIBUTION,
+        "emoji+openmoji": f"{emoji.ATTRIBUTION}; {openmoji.ATTRIBUTION}"}
 
 
 def cpu_name() -> str:

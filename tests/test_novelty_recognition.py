@@ -5,9 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from undiffuse.cli import app
 from undiffuse.errors import UndiffuseError
 from undiffuse.evaluation.classifier import ImageClassifier
 from undiffuse.evaluation.nearest import nearest_neighbours, novelty
@@ -50,15 +48,6 @@ def test_plot_nearest_writes_a_png_with_its_parameters(tmp_path):
     with Image.open(path) as im:
         assert im.width > 300 and im.height > 100
     assert read_params(path) == {"model": "test"}
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("digits") / "run"
-    result = CliRunner().invoke(app, ["train", str(ROOT / "configs" / "digits-smoke.toml"), "--no-progress",
-                                      "--set", f"out_dir='{run}'", "--set", "train.steps=4"])
-    assert result.exit_code == 0, result.output
-    return run
 
 
 def test_class_recognition_counts_every_sample(digits_run):

@@ -284,6 +284,48 @@ def explain(
     typer.echo(f"wrote {page} (open it in a browser; the pictures lie beside it)")
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UndiffuseError(f"{what} must be comma-separated integers, e.g. 5,10,20, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UndiffuseError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
+    = "fashion-mnist",
+    samplers_: Annotated[str, typer.Option("--samplers", help="Comma-separated sampler names.")] = "ddim,dpmpp_2m",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "5,10,20,50",
+    n: Annotated[int, typer.Option(help="Generated images per setting, and real images per real set.")] = 1000,
+    guidance: Annotated[float | None, typer.Option(help="Guidance of a class-conditional model "
+                                                   "(default: its recipe's).")] = None,
+    features: Annotated[str, typer.Option(help="Feature network: inception (FID) or classifier "
+                                          "(the shipped Fashion-MNIST classifier).")] = "inception",
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
+    = Path("out/evaluate"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Measure sample quality against network evaluations: FID, KID, precision/recall, class accuracy per sampler."""
+    from .evaluation.evaluate import EvalSettings
+    from .evaluation.evaluate import evaluate as run_evaluate
+    from .evaluation.report import table, write
+    from .models import load_model
+
+    settings = EvalSettings(samplers=[s.strip() for s in samplers_.split(",") if s.strip()],
+                            steps=_int_list(steps, "--steps"), n=n, guidance=guidance, seed=seed, features=features)
+    if not settings.samplers:
+        raise UndiffuseError("--samplers names no sampler")
+    result = run_evaluate(load_model(model), settings, progress=progress)
+    paths = write(result, out)
+    typer.echo(table(result))
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 @app.command(name="samplers")
 def list_samplers() -> None:
     """List the registered samplers: order as an ODE solver, whether they draw noise, what they are."""

@@ -22,7 +22,8 @@ from .errors import UndiffuseError
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji, tuxpaint (captioned)
+    name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
+    #                                  tuxpaint (the last four captioned)
     path: str = ""                   # image folder (name = "folder")
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
@@ -122,8 +123,9 @@ class Config:
                    "eps, x0, v or edm"),
                   ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
-                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "tuxpaint"),
-                   "fashion_mnist, folder, digits, toy, emoji or tuxpaint"),
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "openmoji",
+                                                   "emoji+openmoji", "tuxpaint"),
+                   "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji or tuxpaint"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]")]
         for key, ok, allowed in checks:

@@ -102,15 +102,17 @@ class TextImageData:
 
 
 def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
-    """Captioned images (Twemoji or Tux Paint stamps) with caption variants, embedded once by the frozen
-    text encoder (cached under the data folder)."""
+    """Captioned images (Twemoji, OpenMoji, both, or Tux Paint stamps) with caption variants, embedded once
+    by the frozen text encoder (cached under the data folder)."""
     from ..text import TextEncoder, cached_embeddings
     from .emoji import data_root, load_emoji
     from .images import ImageData
+    from .openmoji import load_emoji_and_openmoji, load_openmoji
     from .tuxpaint import load_tuxpaint
 
     d = cfg.data
-    load = load_emoji if d.name == "emoji" else load_tuxpaint
+    load = {"emoji": load_emoji, "openmoji": load_openmoji, "emoji+openmoji": load_emoji_and_openmoji,
+            "tuxpaint": load_tuxpaint}[d.name]
     emoji = load(size=d.image_size, channels=d.channels, limit=d.limit or None)
     flat = [c for caps in emoji.captions for c in caps]
     counts = torch.tensor([len(c) for c in emoji.captions])
@@ -127,7 +129,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name == "toy":
         from .toy import toy_dataset
         return PointData(toy_dataset(d.toy_set, d.toy_size, seed=cfg.train.seed))
-    if d.name in ("emoji", "tuxpaint"):
+    if d.name in ("emoji", "openmoji", "emoji+openmoji", "tuxpaint"):
         return load_text_image_data(cfg)
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist

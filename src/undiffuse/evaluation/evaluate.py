@@ -1,0 +1,203 @@
+"""Sample quality against the number of network evaluations, for every sampler asked: `undiffuse evaluate`.
+
+For each (sampler, steps) n images are drawn (seeds seed, seed+1, …, the same for every sampler; a
+class-conditional model draws the classes in turn) and compared with n held-out real images in the
+space of a feature network: Fréchet distance (FID with Inception-v3), KID, and improved precision /
+recall. The same figures between two disjoint real sets of n images are the floor: what the data
+itself scores at this n (FID is biased upwards at small n). A class-conditional model is also scored
+by a classifier: the fraction of samples recognised as the class asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import samplers
+from ..errors import UndiffuseError
+from ..models import LoadedModel
+from ..sampling import SampleRequest, generate
+from .fid import fid_from_features, kernel_distance
+from .precision_recall import precision_recall
+from .reference import Reference, cached_features, reference_set
+
+FEATURE_NETWORKS = ("inception", "classifier")
+
+
+@dataclass
+class EvalSettings:
+    """What to measure; every figure is reported with its n."""
+
+    samplers: list[str] = field(default_factory=lambda: ["ddim", "dpmpp_2m"])
+    steps: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    n: int = 1000                  # generated images per setting (and real images per real set)
+    guidance: float | None = None  # None: the model's recipe (class-conditional models)
+    seed: int = 0
+    grid: str | None = None        # σ grid; None: the model's recipe
+    features: str = "inception"    # inception (FID proper) | classifier (the Fashion-MNIST classifier's 128-d)
+    classifier: str = "fashion-mnist-classifier"
+    k: int = 3                     # neighbours of the precision / recall manifolds
+    batch_size: int = 64
+
+
+@dataclass
+class Scores:
+    """Distances of one image set to the real comparison set."""
+
+    fid: float
+    kid: float
+    kid_std: float
+    precision: float
+    recall: float
+
+
+@dataclass
+class Row:
+    """One (sampler, steps) setting: its cost and its scores."""
+
+    sampler: str
+    steps: int
+    nfe: float                 # denoiser evaluations per sample (guidance's two branches count once)
+    seconds: float             # wall time to draw the n samples
+    scores: Scores
+    accuracy: float | None = None            # classifier recognises the class asked for
+    per_class: dict[str, float] | None = None
+
+
+@dataclass
+class Evaluation:
+    """All rows, the real-vs-real floor and what they were measured with."""
+
+    model: str
+    n: int
+    reference: str
+    features: str
+    guidance: float | None
+    floor: Scores
+    floor_accuracy: float | None
+    rows: list[Row]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _NetworkCounter:
+    """Counts the rows that pass through a denoiser (a forward hook), to turn them into NFE per sample."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.rows = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+        self.rows += output.shape[0]
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def feature_network(settings: EvalSettings, device: str = "cpu") -> Callable[[Tensor], Tensor]:
+    """images in [-1, 1] → (N, D) features of the chosen network."""
+    if settings.features == "inception":
+        from .inception import InceptionFeatures
+        net = InceptionFeatures(device)
+        return lambda images: net(images, progress=True)
+    if settings.features == "classifier":
+        from .classifier import load_classifier
+        clf = load_classifier(settings.classifier, device)
+        return lambda images: clf.features(images).double()
+    raise UndiffuseError(f"unknown feature network {settings.features!r}; choose {', '.join(FEATURE_NETWORKS)}")
+
+
+def _check(model: LoadedModel, settings: EvalSettings) -> None:
+    if model.text_conditioned:
+        raise UndiffuseError(f"{model.source} is text-conditioned: evaluate measures unconditional and "
+                             "class-conditional image models (bench/text_model.py scores text models)")
+    if model.meta.get("dim"):
+        raise UndiffuseError(f"{model.source} is a {model.meta['dim']}-D point model: evaluate measures image models")
+    if settings.n < 2 * settings.k + 2:
+        raise UndiffuseError(f"n must be at least {2 * settings.k + 2}, got {settings.n}")
+    if not settings.steps or min(settings.steps) < 1:
+        raise UndiffuseError(f"steps must be positive integers, got {settings.steps}")
+    for name in settings.samplers:
+        samplers.get(name)  # one line naming the known samplers if unknown
+    if settings.features not in FEATURE_NETWORKS:
+        raise UndiffuseError(f"unknown feature network {settings.features!r}; choose {', '.join(FEATURE_NETWORKS)}")
+
+
+def _recogniser(model: LoadedModel, settings: EvalSettings):
+    """The classifier that scores class-conditional samples, or None when none fits this model."""
+    if not model.num_classes:
+        return None
+    from .classifier import load_classifier
+    try:
+        clf = load_classifier(settings.classifier)
+    except UndiffuseError:
+        return None
+    args = clf.config.get("args", {})
+    fits = (clf.head[-1].out_features == model.num_classes
+            and args.get("in_channels", 1) == model.config.data.channels
+            and args.get("image_size", 32) == model.config.data.image_size)
+    return clf if fits else None
+
+
+def score(real: Tensor, fake: Tensor, k: int = 3) -> Scores:
+    """FID, KID (mean ± std over subsets) and precision / recall between two feature sets."""
+    kid, kid_std = kernel_distance(real, fake, subset_size=min(1000, len(real), len(fake)))
+    precision, recall = precision_recall(real, fake, k)
+    return Scores(fid_from_features(real, fake), kid, kid_std, precision, recall)
+
+
+def _accuracy(clf, images: Tensor, labels: Tensor, names: list[str]) -> tuple[float, dict[str, float]]:
+    predicted = clf.predict(images)
+    per_class = {name: float((predicted[labels == i] == i).double().mean())
+                 for i, name in enumerate(names) if (labels == i).any()}
+    return float((predicted == labels).double().mean()), per_class
+
+
+def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None = None,
+             progress: bool = True) -> Evaluation:
+    """Measure every (sampler, steps) of ``settings`` on ``model``; the real set's features are cached."""
+    _check(model, settings)
+    ref: Reference = reference_set(model.config, settings.n, seed=settings.seed)
+    extract = feature_network(settings)
+    tag = f"{ref.key}-{settings.features}-{settings.classifier if settings.features == 'classifier' else ''}"
+    real_a = cached_features(tag + "-a", ref.a, extract, cache_dir)
+    real_b = cached_features(tag + "-b", ref.b, extract, cache_dir)
+    floor = score(real_a, real_b, settings.k)
+    clf = _recogniser(model, settings)
+    floor_accuracy = _accuracy(clf, ref.a, ref.labels_a, model.class_names)[0] if clf is not None else None
+    guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
+    guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
+
+    rows = []
+    plan = [(s, k) for s in settings.samplers for k in settings.steps]
+    counter = _NetworkCounter(model.denoiser)
+    try:
+        for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
+            req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
+                                grid=settings.grid or model.config.sample.grid, guidance=guidance,
+                                batch_size=settings.batch_size)
+            counter.rows = 0
+            t0 = time.perf_counter()
+            images, labels = generate(model, req, progress=progress)
+            seconds = time.perf_counter() - t0
+            nfe = counter.rows / settings.n / (2 if guided else 1)
+            row = Row(name, steps, nfe, seconds, score(real_a, extract(images), settings.k))
+            if clf is not None and labels is not None:
+                row.accuracy, row.per_class = _accuracy(clf, images, labels, model.class_names)
+            rows.append(row)
+    finally:
+        counter.close()
+
+    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "date": time.strftime("%Y-%m-%d %H:%M")}
+    return Evaluation(model.source, settings.n, ref.source, settings.features, guidance if model.num_classes else None,
+                      floor, floor_accuracy, rows, asdict(settings), environment)

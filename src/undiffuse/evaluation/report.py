@@ -1,0 +1,62 @@
+"""An evaluation as a table, a JSON file and a plot of quality against network evaluations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ..plots import save_figure
+from .evaluate import Evaluation
+
+
+def table(ev: Evaluation) -> str:
+    """Aligned text: one line per (sampler, steps), the real-vs-real floor last."""
+    acc = ev.floor_accuracy is not None
+    head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
+        (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
+    lines = [f"{ev.model}: n = {ev.n} generated vs n = {ev.n} real from {ev.reference}; features: {ev.features}"
+             + (f"; guidance {ev.guidance:g}" if ev.guidance is not None else ""), head]
+    for r in ev.rows:
+        s = r.scores
+        lines.append(f"{r.sampler:<16}{r.steps:>6}{r.nfe:>6.0f}{s.fid:>9.2f}{1e3 * s.kid:>10.2f}{s.precision:>7.3f}"
+                     f"{s.recall:>7.3f}" + (f"{r.accuracy:>10.1%}" if acc else "") + f"{r.seconds:>9.1f}")
+    f = ev.floor
+    lines.append(f"{'real vs real':<16}{'':>6}{'':>6}{f.fid:>9.2f}{1e3 * f.kid:>10.2f}{f.precision:>7.3f}"
+                 f"{f.recall:>7.3f}" + (f"{ev.floor_accuracy:>10.1%}" if acc else "") + f"{'':>9}")
+    return "\n".join(lines)
+
+
+def plot(ev: Evaluation, path: str | Path) -> Path:
+    """FID against NFE and against wall time, one line per sampler, the real-vs-real floor dashed."""
+    fig = Figure(figsize=(10, 4), dpi=110)
+    ax_nfe, ax_time = fig.subplots(1, 2)
+    names = list(dict.fromkeys(r.sampler for r in ev.rows))
+    for name in names:
+        rows = sorted((r for r in ev.rows if r.sampler == name), key=lambda r: r.nfe)
+        fids = [r.scores.fid for r in rows]
+        ax_nfe.plot([r.nfe for r in rows], fids, "o-", label=name)
+        ax_time.plot([r.seconds for r in rows], fids, "o-", label=name)
+    for ax, xlabel in ((ax_nfe, "network evaluations per sample (NFE)"), (ax_time, f"seconds for {ev.n} samples")):
+        ax.axhline(ev.floor.fid, color="grey", ls="--", lw=1, label="real vs real")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"FID ({ev.features}, n = {ev.n})")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_nfe.legend(fontsize=8)
+    fig.suptitle(f"{ev.model}: quality against cost")
+    fig.tight_layout()
+    return save_figure(fig, path, {"model": ev.model, "n": ev.n, "features": ev.features})
+
+
+def write(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """evaluation.json, table.txt and quality_vs_nfe.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "evaluation.json", "table": out / "table.txt", "plot": out / "quality_vs_nfe.png"}
+    paths["json"].write_text(json.dumps(ev.to_dict(), indent=2))
+    paths["table"].write_text(table(ev) + "\n")
+    plot(ev, paths["plot"])
+    return paths

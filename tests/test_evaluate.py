@@ -1,0 +1,101 @@
+"""`undiffuse evaluate`: precision / recall, the feature cache, NFE counting and the command end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from undiffuse.cli import app, main
+from undiffuse.errors import UndiffuseError
+from undiffuse.evaluation.evaluate import EvalSettings, evaluate
+from undiffuse.evaluation.precision_recall import knn_radii, precision_recall
+from undiffuse.evaluation.reference import cached_features
+from undiffuse.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_knn_radii_match_brute_force():
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = torch.cdist(x, x)
+    brute = d.sort(dim=1).values[:, 3]   # column 0 is the point itself
+    torch.testing.assert_close(knn_radii(x, k=3, chunk=7), brute)
+
+
+def test_precision_recall_tell_fidelity_from_coverage():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(8, 4, generator=g) * 10
+    def draw(modes, n=800):
+        return centres[modes[torch.randint(len(modes), (n,), generator=g)]] + torch.randn(n, 4, generator=g)
+    real = draw(torch.arange(8))
+    p, r = precision_recall(real, draw(torch.arange(8)))
+    assert p > 0.85 and r > 0.85                                # the same distribution
+    p, r = precision_recall(real, draw(torch.arange(4)))        # half the modes: faithful but not covering
+    assert p > 0.85 and 0.35 < r < 0.6
+    p, r = precision_recall(real, draw(torch.arange(8)) + 30)   # off the data
+    assert p < 0.05 and r < 0.05
+
+
+def test_feature_cache_computes_once_and_recovers_from_damage(tmp_path):
+    images = torch.rand(6, 1, 8, 8)
+    calls = []
+    def extract(x):
+        calls.append(len(x))
+        return x.flatten(1).double()
+    first = cached_features("k", images, extract, tmp_path)
+    again = cached_features("k", images, extract, tmp_path)
+    assert calls == [6] and torch.equal(first, again)
+    cached_features("k", images + 1, extract, tmp_path)          # other images: another entry
+    assert calls == [6, 6]
+    for f in tmp_path.glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    torch.testing.assert_close(cached_features("k", images, extract, tmp_path), first)
+    assert calls == [6, 6, 6]
+
+
+def test_evaluate_command_end_to_end(digits_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(digits_run), "--n", "12", "--steps", "3", "--samplers", "ddim,heun",
+            "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "real vs real" in result.output and "n = 12" in result.output
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["n"] == 12 and ev["features"] == "inception" and "no held-out split" in ev["reference"]
+    nfe = {(r["sampler"], r["steps"]): r["nfe"] for r in ev["rows"]}
+    assert nfe == {("ddim", 3): 3, ("heun", 3): 5}      # Heun: 2 per step, 1 for the last
+    for row in ev["rows"]:
+        s = row["scores"]
+        assert s["fid"] > ev["floor"]["fid"] > 0                  # a 4-step model is far from the data
+        assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and row["seconds"] > 0
+    with Image.open(out / "quality_vs_nfe.png") as im:
+        assert im.width > 500
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2   # the two real sets, cached
+
+
+def test_evaluate_scores_class_accuracy_with_the_shipped_classifier():
+    model = load_model("fashion-mnist")
+    ev = evaluate(model, EvalSettings(samplers=["dpmpp_2m"], steps=[8], n=20, features="classifier"), progress=False)
+    row = ev.rows[0]
+    assert ev.guidance == model.config.sample.guidance
+    assert row.nfe == 8 and row.accuracy is not None and set(row.per_class) == set(model.class_names)
+    assert row.accuracy > 0.6 and ev.floor_accuracy > 0.8       # the shipped model draws what it is asked for
+    assert row.scores.fid > 0
+
+
+def test_evaluate_refuses_bad_settings(digits_run):
+    model = load_model(digits_run)
+    with pytest.raises(UndiffuseError, match="unknown sampler"):
+        evaluate(model, EvalSettings(samplers=["nope"], n=10), progress=False)
+    with pytest.raises(UndiffuseError, match="needs 4000 real images"):
+        evaluate(model, EvalSettings(n=2000), progress=False)
+
+
+def test_evaluate_command_rejects_a_bad_step_list(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "fashion-mnist", "--steps", "5,x"])
+    assert exit_.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
