@@ -55,7 +55,9 @@ class InceptionFeatures:
         self.device = torch.device(device)
         with warnings.catch_warnings():  # TorchScript is how these reference weights ship
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.model = torch.jit.load(str(inception_file()), map_location=self.device).eval()
+            model = torch.jit.load(str(inception_file()), map_location=self.device).eval()
+            # batch norms folded into the convolutions: the same features (to float rounding), ~10 % faster
+            self.model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
 
     def prepare(self, images: Tensor) -> Tensor:
         x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()           # 8-bit, as the reference sees
@@ -69,6 +71,7 @@ class InceptionFeatures:
         out = []
         for i in tqdm(range(0, len(images), batch_size), desc="inception features", unit="batch",
                       disable=not progress):
-            f = self.model(self.prepare(images[i:i + batch_size]).to(self.device))
+            x = self.prepare(images[i:i + batch_size]).to(self.device, memory_format=torch.channels_last)
+            f = self.model(x)  # channels_last: oneDNN's native layout, no reorder per convolution
             out.append((f.mean(dim=tuple(range(2, f.ndim))) if f.ndim > 2 else f).double().cpu())
         return torch.cat(out)
