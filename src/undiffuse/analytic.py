@@ -32,6 +32,12 @@ class GaussianDenoiser(Denoiser):
         """Fresh data x_0 (float64)."""
         return self.mean + self.std * torch.randn(shape, generator=generator, dtype=torch.float64)
 
+    def log_density(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
+        """log p_σ(x) = Σ_i log N(x_i; μ_i, s_i²+σ²), the exact noised density; x (B, ...) → (B,) float64."""
+        var = self.std**2 + _b(torch.as_tensor(sigma, dtype=torch.float64), x.double()) ** 2
+        z = (x.double() - self.mean) ** 2 / var
+        return (-0.5 * (z + (2 * math.pi * var).log())).flatten(1).sum(1)
+
     def ode_solution(self, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
         """Exact probability-flow ODE map: (x - μ)/√(s²+σ²) is constant along a trajectory."""
         v = self.std**2
@@ -64,6 +70,15 @@ class GaussianMixtureDenoiser(Denoiser):
         sq = ((x.double()[:, None, :] - self.means[None]) ** 2).sum(-1)        # (B, K)
         logp = self.weights.log() - 0.5 * sq / var - 0.5 * d * (2 * math.pi * var).log()
         return torch.softmax(logp, dim=1)
+
+    def log_density(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
+        """log p_σ(x) = log Σ_k w_k N(x; μ_k, (s_k²+σ²) I), exact at every σ; x (B, d) → (B,) float64."""
+        d = self.means.shape[1]
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1)  # (B or 1, 1)
+        var = self.stds**2 + sigma**2                                                    # (B or 1, K)
+        sq = ((x.double()[:, None, :] - self.means[None]) ** 2).sum(-1)                  # (B, K)
+        logp = self.weights.log() - 0.5 * sq / var - 0.5 * d * (2 * math.pi * var).log()
+        return torch.logsumexp(logp, dim=1)
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         s2 = _b(sigma, x).double().reshape(-1, 1, 1) ** 2
