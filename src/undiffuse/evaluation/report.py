@@ -25,6 +25,18 @@ def table(ev: Evaluation) -> str:
     f = ev.floor
     lines.append(f"{'real vs real':<16}{'':>6}{'':>6}{f.fid:>9.2f}{1e3 * f.kid:>10.2f}{f.precision:>7.3f}"
                  f"{f.recall:>7.3f}" + (f"{ev.floor_accuracy:>10.1%}" if acc else "") + f"{'':>9}")
+    if ev.likelihood:
+        lk = ev.likelihood
+        given = " given their class" if lk["conditional"] else ""
+        lines.append(f"bits/dim of {lk['n']} held-out images{given}:")
+        if "vlb" in lk:
+            v = lk["vlb"]
+            lines.append(f"  VLB (Ho et al. 2020, {v['timesteps']} steps) {v['bits_per_dim']:.3f} "
+                         f"± {v['stderr'] or 0:.3f}  = prior {v['prior']:.3f} + diffusion {v['diffusion']:.3f} "
+                         f"+ decoder {v['decoder']:.3f}")
+        o = lk["ode"]
+        lines.append(f"  probability-flow ODE (Hutchinson, rtol {o['rtol']:g}, {o['nfe']:.0f} NFE) "
+                     f"{o['bits_per_dim']:.3f} ± {o['stderr'] or 0:.3f}")
     return "\n".join(lines)
 
 
