@@ -56,19 +56,19 @@ def _toy_run(tmp_path, steps):
 
 
 def test_evaluate_gives_a_toy_model_its_exact_nll(tmp_path):
-    gaps = {}
-    for steps in (3, 400):
-        out = tmp_path / f"eval{steps}"
-        result = CliRunner().invoke(app, ["evaluate", str(_toy_run(tmp_path, steps)), "--n", "300",
-                                          "--out", str(out), "--no-progress"])
-        assert result.exit_code == 0, result.output
-        ev = json.loads((out / "evaluation.json").read_text())
-        assert ev["data"] == "eight_gaussians" and ev["n"] == 300 and "true density" in result.output
-        assert ev["true_nll"] == pytest.approx(-float(toy_log_density("eight_gaussians", toy_dataset(
-            "eight_gaussians", 300, seed=10_000)).mean()))
-        assert ev["gap"] > -3 * ev["gap_stderr"]                 # KL ≥ 0, up to sampling noise
-        gaps[steps] = ev["gap"]
-    assert gaps[400] < gaps[3] / 3                                # training closes the gap
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", str(_toy_run(tmp_path, 600)), "--n", "300", "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["data"] == "eight_gaussians" and ev["n"] == 300 and "true density" in result.output
+    points = toy_dataset("eight_gaussians", 300, seed=10_000).double()
+    assert ev["true_nll"] == pytest.approx(-float(toy_log_density("eight_gaussians", points).mean()))
+    assert ev["gap"] > -3 * ev["gap_stderr"]                     # KL ≥ 0, up to sampling noise
+    # the best single Gaussian (moment-matched) is ~3.2 nats from the truth; the model must be far closer
+    gaussian = torch.distributions.MultivariateNormal(points.mean(0), torch.cov(points.T))
+    gaussian_gap = float(-gaussian.log_prob(points).mean()) - ev["true_nll"]
+    assert gaussian_gap > 2.5 and ev["gap"] < gaussian_gap / 2
 
 
 def test_evaluate_reports_bits_per_dim(digits_run, tmp_path, monkeypatch):
