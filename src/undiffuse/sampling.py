@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 
 from . import samplers
 from .errors import UndiffuseError
+from .denoiser import with_precision
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .models import LoadedModel
+from .nets.cpu import DEFAULT_INFERENCE_PRECISION
 
 
 @dataclass
@@ -32,6 +34,8 @@ class SampleRequest:
     prompt: str | None = None     # for a text-conditioned model ("" or None: unconditional)
     guidance: float = 2.0
     batch_size: int = 64
+    # "bf16": the network under bf16 autocast, "fp32": all fp32; the sampler's arithmetic is fp32 either way.
+    precision: str = DEFAULT_INFERENCE_PRECISION
 
 
 def parse_class(model: LoadedModel, text: str | None) -> int | None:
@@ -60,14 +64,16 @@ def labels_for(model: LoadedModel, req: SampleRequest) -> Tensor | None:
 
 def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..., Tensor], Tensor | None, Any]:
     """The denoiser to sample with (classifier-free guided for a class or prompt), the per-sample labels
-    (or None) and the prompt's embedding (or None)."""
+    (or None) and the prompt's embedding (or None). The network runs in ``req.precision``; the guidance mix,
+    like everything outside the network, in fp32."""
     labels = labels_for(model, req)
-    denoiser = CFGDenoiser(model.denoiser, req.guidance) if labels is not None else model.denoiser
+    base = with_precision(model.denoiser, req.precision)
+    denoiser = CFGDenoiser(base, req.guidance) if labels is not None else base
     text = None
     if model.text_conditioned:
         encoder = model.text_encoder()
         text, null = encoder([req.prompt or ""]), encoder([""])
-        denoiser = CFGDenoiser(model.denoiser, req.guidance, uncond=null_text(null))
+        denoiser = CFGDenoiser(base, req.guidance, uncond=null_text(null))
     return denoiser, labels, text
 
 

@@ -28,6 +28,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..errors import UndiffuseError
+
+PRECISIONS = ("bf16", "fp32")
+DEFAULT_INFERENCE_PRECISION = "bf16"   # chosen by bench/inference_levers.py; quality check in bench/README.md
+
 
 @contextlib.contextmanager
 def train_autocast(enabled: bool = True, device_type: str = "cpu") -> Iterator[None]:
@@ -36,6 +41,25 @@ def train_autocast(enabled: bool = True, device_type: str = "cpu") -> Iterator[N
     Use around the forward and the loss only; call ``backward()`` and ``optimizer.step()`` outside.
     """
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+        yield
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one this package runs a network in, else an explicit error."""
+    if precision not in PRECISIONS:
+        raise UndiffuseError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return precision
+
+
+@contextlib.contextmanager
+def inference_autocast(precision: str = DEFAULT_INFERENCE_PRECISION, device_type: str = "cpu") -> Iterator[None]:
+    """Run a network's forward pass for sampling in ``precision``: "bf16" is bf16 autocast (attention still
+    fp32, :func:`attention_fp32`), "fp32" a no-op.
+
+    Autocast changes only the ops on its list (convolutions, linears, matmuls, attention); element-wise
+    arithmetic on fp32 tensors, such as a sampler's state update or a denoiser's preconditioning, stays fp32.
+    """
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16"):
         yield
 
 
