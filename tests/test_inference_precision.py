@@ -117,3 +117,10 @@ def test_unknown_precision_is_an_explicit_error(tiny):
     with pytest.raises(UndiffuseError, match="unknown precision"):
         with inference_autocast("half"):
             pass
+
+
+def test_cli_precision_option(tmp_path, capsys):
+    from undiffuse.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--n", "1", "--steps", "1", "--precision", "fp16", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "unknown precision 'fp16'" in capsys.readouterr().err

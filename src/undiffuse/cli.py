@@ -90,6 +90,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i use
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+PrecisionOpt = Annotated[str, typer.Option(help="The network's precision: bf16 (autocast; ~2.4× fp32 on this "
+                                           "CPU, bench/README.md) or fp32. Sampler arithmetic is fp32 either way.")]
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
@@ -113,6 +115,7 @@ def sample(
     class_: Annotated[str | None, typer.Option("--class", help="Class name or index (default: all classes "
                                                "in turn, for a conditional model).")] = None,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
+    precision: PrecisionOpt = "bf16",
 ) -> None:
     """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
     from .models import load_model
@@ -120,7 +123,7 @@ def sample(
 
     loaded = load_model(model)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
-                        label=parse_class(loaded, class_), guidance=guidance)
+                        label=parse_class(loaded, class_), guidance=guidance, precision=precision)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
@@ -132,7 +135,7 @@ def generate(
     = "emoji",
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 8,
     seed: SeedOpt = 0, guidance: GuidanceOpt = 3.0, out: OutOpt = Path("out/generate"),
-    progress: ProgressOpt = True,
+    progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
     from .models import load_model
@@ -141,7 +144,8 @@ def generate(
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance)
+    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
+                        precision=precision)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
