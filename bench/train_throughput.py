@@ -198,17 +198,21 @@ def peak_memory(name: str, args: argparse.Namespace) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
-def _memory_child(name: str, levers: bool, stock: bool) -> None:
-    tr = contenders(levers, stock)[name]()
+def step_peak_mib(tr, steps: int = 3) -> float:
+    """Peak RSS over ``steps`` calls of ``tr.step()`` minus RSS before them, in MiB. Call it in a fresh process."""
     rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     # ru_maxrss survives fork + exec (it would report the parent's peak): reset the high-water mark.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    for _ in range(3):
+    for _ in range(steps):
         tr.step()
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
     peak = int(status["VmHWM"].split()[0]) * 1024
-    print(json.dumps({"peak_mib": (peak - rss) / 2**20}))
+    return (peak - rss) / 2**20
+
+
+def _memory_child(name: str, levers: bool, stock: bool) -> None:
+    print(json.dumps({"peak_mib": step_peak_mib(contenders(levers, stock)[name]())}))
 
 
 def check_ours(steps: int) -> None:
