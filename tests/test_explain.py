@@ -117,7 +117,9 @@ def test_page_in_headless_chromium(page, tmp_path):
             slider.press("ArrowRight")
         after = frame.get_attribute("src")
         assert before != after and after.endswith("reverse_005.png")
-        assert tab.evaluate("document.querySelector('#reverse-slider img').naturalWidth") > 0
+        # the new frame loads asynchronously: wait (up to 30 s on a busy machine) until it has decoded
+        tab.wait_for_function("(() => { const i = document.querySelector('#reverse-slider img');"
+                              " return i.complete && i.naturalWidth > 0; })()", timeout=30_000)
         assert "step 6/" in tab.locator("#reverse-slider output").inner_text()
         tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
         browser.close()
