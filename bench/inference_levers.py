@@ -316,6 +316,10 @@ def cmd_nfe(args) -> None:
 
 # --------------------------------------------------------------------------- sample
 def cmd_sample(args) -> None:
+    if args.no_keep_memory:   # the process state before generate() called keep_freed_memory()
+        import undiffuse.sampling
+        undiffuse.sampling.keep_freed_memory = lambda: False
+    memory = "glibc defaults" if args.no_keep_memory else "keep_freed_memory()"
     results = []
     for name in args.model:
         model = load_model(name)
@@ -333,12 +337,12 @@ def cmd_sample(args) -> None:
                 contenders["bf16 autocast, 1 thread"] = one
             wait_quiet()
             times = timed_rounds(contenders, args.rounds, warmup=1)
-            rows = print_table(f"{name}: generate() of n = {n}, 20 steps, CFG, {args.rounds} rounds", times,
+            rows = print_table(f"{name}: generate() of n = {n}, 20 steps, CFG, {args.rounds} rounds, {memory}", times,
                                "fp32", unit="s/call")
             for r in rows:
                 print(f"  {r['contender']}: {r['median'] / n * 1000:.0f} ms per image")
             results.append({"model": name, "n": n, "rows": rows})
-    write_json(args.json, {"section": "sample", "results": results})
+    write_json(args.json, {"section": "sample", "memory": memory, "results": results})
 
 
 # --------------------------------------------------------------------------- compile
@@ -402,20 +406,24 @@ def process_worker(args) -> None:
     runs = {p: setup(model, args.batch[0], p) for p in ("fp32", "bf16")}
     wait_quiet()
     times = timed_rounds({p: (lambda r=r: r[0](r[1], r[2], r[3])) for p, r in runs.items()}, args.rounds)
-    Path(args.json).write_text(json.dumps(times))
+    Path(args.json).write_text(json.dumps({"times": times, "discarded": DISCARDED[-1]}))
 
 
 def cmd_process(args) -> None:
     """Process-wide settings, one process per setting, processes alternated (``--procs`` each)."""
     times: dict[str, list[float]] = {}
+    discarded = 0
     for _ in range(args.procs):
         for label, extra in PROCESS_SETTINGS.items():
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
                 subprocess.run([sys.executable, __file__, "process-worker", "--model", args.model[0], "--batch",
                                 str(args.batch[0]), "--rounds", str(args.rounds), "--json", f.name, *extra],
                                check=True, stdout=subprocess.DEVNULL)
-                for p, ts in json.loads(Path(f.name).read_text()).items():
+                got = json.loads(Path(f.name).read_text())
+                for p, ts in got["times"].items():
                     times.setdefault(f"{p}, {label}", []).extend(ts)
+                discarded += got["discarded"]
+    DISCARDED.append(discarded)
     rows = print_table(f"{args.model[0]}, batch {args.batch[0]} (network {2 * args.batch[0]}): process settings "
                        f"({args.procs} processes each, {args.rounds} rounds per process)", times,
                        "fp32, default (interop threads 2)")
@@ -532,6 +540,8 @@ def main() -> None:
     ap.add_argument("--other-batch", type=int, default=36, help="compile: the second batch shape (n=100: 64 + 36)")
     ap.add_argument("--interop", type=int, default=0, help="process-worker: interop threads (0: torch's default)")
     ap.add_argument("--keep-memory", action="store_true", help="process-worker: call keep_freed_memory()")
+    ap.add_argument("--no-keep-memory", action="store_true",
+                    help="sample: stop generate() calling keep_freed_memory() (the state before it did)")
     ap.add_argument("--procs", type=int, default=3, help="process: processes per setting")
     ap.add_argument("--per-prompt", type=int, default=8, help="quality, text model: samples per prompt")
     ap.add_argument("--alone", type=int, default=6, help="quality: seeds redrawn alone")

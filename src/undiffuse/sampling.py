@@ -18,7 +18,7 @@ from .denoiser import with_precision
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .models import LoadedModel
-from .nets.cpu import DEFAULT_INFERENCE_PRECISION
+from .nets.cpu import DEFAULT_INFERENCE_PRECISION, keep_freed_memory
 
 
 @dataclass
@@ -90,6 +90,9 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     """(n, C, H, W) images in [-1, 1]; sample i depends only on seed + i (and its class).
 
     ``callback(i, σ, x, x0_hat)`` is called at every step of every batch, as by the samplers.
+    The network runs in ``req.precision``. Also makes this process keep freed memory for reuse
+    (:func:`~undiffuse.nets.cpu.keep_freed_memory`): at batch 64 with guidance, activations over 32 MiB
+    were page-faulted in afresh at every step (per step 1.39× faster in fp32, 1.09× in bf16; bench/README.md).
     """
     if req.n < 1 or req.steps < 1:
         raise UndiffuseError(f"n and steps must be positive, got n={req.n}, steps={req.steps}")
@@ -100,6 +103,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     sampler = samplers.get(req.sampler)
     sigmas = model.sigmas(req.steps, req.grid)
     denoiser, labels, text = guided_denoiser(model, req)
+    keep_freed_memory()
     cfg = model.config
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     out = []
