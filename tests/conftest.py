@@ -18,3 +18,19 @@ def digits_run(tmp_path_factory):
                                       "--set", f"out_dir='{run}'", "--set", "train.steps=4"])
     assert result.exit_code == 0, result.output
     return run
+
+
+def random_model(cfg, class_names: list[str], std: float):
+    """A LoadedModel of ``cfg`` with seeded random weights, the zero-initialised layers too (so F ≠ 0)."""
+    import torch
+    from torch import nn
+
+    from undiffuse.models import LoadedModel, build_denoiser, build_net
+
+    torch.manual_seed(0)
+    net = build_net(cfg, num_classes=len(class_names))
+    for p in net.parameters():
+        if not p.any():
+            nn.init.normal_(p, std=std)
+    net.eval().requires_grad_(False)
+    return LoadedModel(build_denoiser(cfg, net), cfg, class_names, "tiny", {})

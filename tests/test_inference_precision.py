@@ -1,15 +1,15 @@
 """Sampling with the network in bf16: close to fp32, the sampler's state still fp32, fp32 unchanged."""
 
 import pytest
+from conftest import random_model
 import torch
-from torch import nn
 
 from undiffuse import samplers
 from undiffuse.config import Config, DataConfig, DiffusionConfig, ModelConfig
 from undiffuse.denoiser import AutocastDenoiser, with_precision
 from undiffuse.errors import UndiffuseError
 from undiffuse.guidance import CFGDenoiser
-from undiffuse.models import LoadedModel, build_denoiser, build_net
+from undiffuse.models import LoadedModel
 from undiffuse.nets.cpu import DEFAULT_INFERENCE_PRECISION, PRECISIONS, inference_autocast
 from undiffuse.sampling import SampleRequest, generate
 from undiffuse.tasks import denoise, inpaint
@@ -31,13 +31,7 @@ def tiny() -> LoadedModel:
                  model=ModelConfig(channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
                                    dropout=0.0, num_heads=2, groups=8),
                  diffusion=DiffusionConfig(parameterization="v"))
-    torch.manual_seed(0)
-    net = build_net(cfg, num_classes=3)
-    for p in net.parameters():
-        if not p.any():
-            nn.init.normal_(p, std=0.05)
-    net.eval().requires_grad_(False)
-    return LoadedModel(build_denoiser(cfg, net), cfg, ["a", "b", "c"], "tiny", {})
+    return random_model(cfg, ["a", "b", "c"], std=0.05)
 
 
 def test_the_default_is_the_benchs_choice():

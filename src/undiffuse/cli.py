@@ -92,6 +92,13 @@ OutOpt = Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG 
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 PrecisionOpt = Annotated[str, typer.Option(help="The network's precision: bf16 (autocast; ~2.4× fp32 on this "
                                            "CPU, bench/README.md) or fp32. Sampler arithmetic is fp32 either way.")]
+SigmaMinOpt = Annotated[float | None, typer.Option(help="Lowest nonzero σ of a karras/exponential grid "
+                                                  "(default: the model's).")]
+SigmaMaxOpt = Annotated[float | None, typer.Option(help="Highest σ of a karras/exponential grid (default: the "
+                                                  "model's).")]
+RhoOpt = Annotated[float, typer.Option(help="The Karras grid's exponent ρ.")]
+ClipOpt = Annotated[bool, typer.Option(help="Clamp every x̂0 to [-1, 1].")]
+EpsScaleOpt = Annotated[float, typer.Option(help="Divide the predicted noise by this (ε scaling; 1 = off).")]
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
@@ -116,6 +123,8 @@ def sample(
                                                "in turn, for a conditional model).")] = None,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
     precision: PrecisionOpt = "bf16",
+    sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
 ) -> None:
     """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
     from .models import load_model
@@ -123,7 +132,8 @@ def sample(
 
     loaded = load_model(model)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
-                        label=parse_class(loaded, class_), guidance=guidance, precision=precision)
+                        label=parse_class(loaded, class_), guidance=guidance, precision=precision,
+                        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
@@ -136,6 +146,8 @@ def generate(
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 8,
     seed: SeedOpt = 0, guidance: GuidanceOpt = 3.0, out: OutOpt = Path("out/generate"),
     progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
+    sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
     from .models import load_model
@@ -145,7 +157,8 @@ def generate(
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
-                        precision=precision)
+                        precision=precision, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0,
+                        eps_scale=eps_scale)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 

@@ -91,11 +91,18 @@ class LoadedModel:
             self._encoder = TextEncoder(max_length=self.config.data.text_length)
         return self._encoder
 
-    def sigmas(self, steps: int, grid: str | None = None) -> Tensor:
-        """A sampling grid for this model (default: its config's grid)."""
+    def sigmas(self, steps: int, grid: str | None = None, sigma_min: float | None = None,
+               sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
+        """A sampling grid for this model (default: its config's grid) over the model's σ range, or over
+        [sigma_min, sigma_max] where given (karras and exponential grids; ``rho``: the Karras exponent)."""
+        name = grid or self.config.sample.grid
+        if name in process.UNIFORM_T_GRIDS and (sigma_min is not None or sigma_max is not None):
+            raise UndiffuseError(f"the {name!r} grid is uniform in the chain's steps: it takes no σ range "
+                                 "(use karras or exponential)")
         lo, hi = sigma_range(self.config)
-        return process.sigma_grid(grid or self.config.sample.grid, steps, schedule=build_schedule(self.config),
-                                  sigma_min=lo, sigma_max=hi)
+        lo, hi = lo if sigma_min is None else sigma_min, hi if sigma_max is None else sigma_max
+        return process.sigma_grid(name, steps, schedule=build_schedule(self.config), sigma_min=lo, sigma_max=hi,
+                                  rho=rho)
 
 
 def shipped_models() -> list[str]:

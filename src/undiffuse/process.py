@@ -21,7 +21,7 @@ from torch import Tensor
 from .errors import UndiffuseError
 
 __all__ = [
-    "BETA_SCHEDULES", "SIGMA_GRIDS", "DiscreteSchedule", "add_noise", "alpha_bar_to_log_snr",
+    "BETA_SCHEDULES", "SIGMA_GRIDS", "UNIFORM_T_GRIDS", "DiscreteSchedule", "add_noise", "alpha_bar_to_log_snr",
     "alpha_bar_to_sigma", "betas_cosine", "betas_linear", "betas_scaled_linear", "check_sigmas",
     "log_snr_to_alpha_bar", "log_snr_to_sigma", "make_betas", "posterior", "q_sample", "q_step",
     "sample_sigma_lognormal", "sample_t_uniform", "sigma_grid", "sigma_to_alpha_bar",
@@ -304,12 +304,13 @@ def sigmas_from_list(values: Sequence[float] | Tensor) -> Tensor:
 
 
 SIGMA_GRIDS = ("leading", "trailing", "linspace", "karras", "exponential")
+UNIFORM_T_GRIDS = ("leading", "trailing", "linspace")
 
 
 def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
                sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
     """A grid by name (one of :data:`SIGMA_GRIDS`); σ range defaults to the schedule's."""
-    if name in ("leading", "trailing", "linspace"):
+    if name in UNIFORM_T_GRIDS:
         if schedule is None:
             raise UndiffuseError(f"the {name!r} grid needs a discrete schedule")
         return sigmas_uniform_t(schedule, n, spacing=name)
@@ -321,5 +322,7 @@ def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
         sigma_min = schedule.sigma_min if sigma_min is None else sigma_min
         sigma_max = schedule.sigma_max if sigma_max is None else sigma_max
     if name == "karras":
+        if not (math.isfinite(rho) and rho > 0):
+            raise UndiffuseError(f"rho must be a positive number, got {rho}")
         return sigmas_karras(n, sigma_min, sigma_max, rho)
     return sigmas_exponential(n, sigma_min, sigma_max)

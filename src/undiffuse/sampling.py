@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import samplers
 from .errors import UndiffuseError
-from .denoiser import with_precision
+from .denoiser import shaped, with_precision
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .models import LoadedModel
@@ -30,6 +30,11 @@ class SampleRequest:
     sampler: str = "dpmpp_2m"
     steps: int = 20
     grid: str = "karras"
+    sigma_min: float | None = None  # the grid's σ range (karras, exponential); None: the model's own
+    sigma_max: float | None = None
+    rho: float = 7.0              # the Karras grid's exponent
+    clip_x0: bool = False         # clamp every x̂_0 to [-1, 1] (DDPM's clip_sample)
+    eps_scale: float = 1.0        # divide ε̂ by this (ε scaling; 1: off)
     label: int | None = None      # None: unconditional, or every class in turn for a conditional model
     prompt: str | None = None     # for a text-conditioned model ("" or None: unconditional)
     guidance: float = 2.0
@@ -74,7 +79,7 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..
         encoder = model.text_encoder()
         text, null = encoder([req.prompt or ""]), encoder([""])
         denoiser = CFGDenoiser(base, req.guidance, uncond=null_text(null))
-    return denoiser, labels, text
+    return shaped(denoiser, req.eps_scale, req.clip_x0), labels, text
 
 
 def cond_for(labels: Tensor | None, text: Any, rows: range) -> Any:
@@ -101,7 +106,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     if req.prompt is not None and not model.text_conditioned:
         raise UndiffuseError(f"{model.source} is not text-conditioned: it takes no prompt")
     sampler = samplers.get(req.sampler)
-    sigmas = model.sigmas(req.steps, req.grid)
+    sigmas = model.sigmas(req.steps, req.grid, req.sigma_min, req.sigma_max, req.rho)
     denoiser, labels, text = guided_denoiser(model, req)
     keep_freed_memory()
     cfg = model.config
