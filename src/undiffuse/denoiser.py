@@ -10,6 +10,7 @@ sample x_t for ᾱ_t = α²; v = α ε - σα x_0 (Salimans & Ho 2022, §4).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -158,7 +159,7 @@ class EpsilonScaledDenoiser(Denoiser):
 
     def __init__(self, inner: nn.Module, scale: float):
         super().__init__()
-        if not (scale > 0 and scale < float("inf")):
+        if not (math.isfinite(scale) and scale > 0):
             raise UndiffuseError(f"the ε scale must be a positive number, got {scale}")
         self.inner, self.scale = inner, scale
 

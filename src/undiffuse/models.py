@@ -64,6 +64,18 @@ def sigma_range(cfg: Config) -> tuple[float, float]:
     return (schedule.sigma_min, schedule.sigma_max) if schedule else (0.002, 80.0)
 
 
+def config_sigmas(cfg: Config, steps: int, grid: str | None = None, sigma_min: float | None = None,
+                  sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
+    """A sampling grid (default: the config's ``sample.grid``) over the model's σ range, or over
+    [sigma_min, sigma_max] where given (karras and exponential grids; ``rho``: the Karras exponent)."""
+    schedule = build_schedule(cfg)
+    if schedule is None:  # a continuous-σ model: EDM's range unless given
+        lo, hi = sigma_range(cfg)
+        sigma_min, sigma_max = lo if sigma_min is None else sigma_min, hi if sigma_max is None else sigma_max
+    return process.sigma_grid(grid or cfg.sample.grid, steps, schedule=schedule, sigma_min=sigma_min,
+                              sigma_max=sigma_max, rho=rho)
+
+
 @dataclass
 class LoadedModel:
     """A trained model ready to sample: its EMA denoiser, config and metadata."""
@@ -93,16 +105,8 @@ class LoadedModel:
 
     def sigmas(self, steps: int, grid: str | None = None, sigma_min: float | None = None,
                sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
-        """A sampling grid for this model (default: its config's grid) over the model's σ range, or over
-        [sigma_min, sigma_max] where given (karras and exponential grids; ``rho``: the Karras exponent)."""
-        name = grid or self.config.sample.grid
-        if name in process.UNIFORM_T_GRIDS and (sigma_min is not None or sigma_max is not None):
-            raise UndiffuseError(f"the {name!r} grid is uniform in the chain's steps: it takes no σ range "
-                                 "(use karras or exponential)")
-        lo, hi = sigma_range(self.config)
-        lo, hi = lo if sigma_min is None else sigma_min, hi if sigma_max is None else sigma_max
-        return process.sigma_grid(name, steps, schedule=build_schedule(self.config), sigma_min=lo, sigma_max=hi,
-                                  rho=rho)
+        """A sampling grid for this model: :func:`config_sigmas` of its config."""
+        return config_sigmas(self.config, steps, grid, sigma_min, sigma_max, rho)
 
 
 def shipped_models() -> list[str]:

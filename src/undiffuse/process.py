@@ -283,6 +283,8 @@ def sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, then 0 (Karras et al. 2022, eq. 5)."""
     _check_count(n)
     _check_range(sigma_min, sigma_max)
+    if not (math.isfinite(rho) and rho > 0):
+        raise UndiffuseError(f"rho must be a positive number, got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return _append_zero(s)
@@ -309,8 +311,12 @@ UNIFORM_T_GRIDS = ("leading", "trailing", "linspace")
 
 def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
                sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
-    """A grid by name (one of :data:`SIGMA_GRIDS`); σ range defaults to the schedule's."""
+    """A grid by name (one of :data:`SIGMA_GRIDS`); σ range defaults to the schedule's (the uniform-t grids
+    take none)."""
     if name in UNIFORM_T_GRIDS:
+        if sigma_min is not None or sigma_max is not None:
+            raise UndiffuseError(f"the {name!r} grid is uniform in the chain's steps: it takes no σ range "
+                                 "(use karras or exponential)")
         if schedule is None:
             raise UndiffuseError(f"the {name!r} grid needs a discrete schedule")
         return sigmas_uniform_t(schedule, n, spacing=name)
@@ -322,7 +328,5 @@ def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
         sigma_min = schedule.sigma_min if sigma_min is None else sigma_min
         sigma_max = schedule.sigma_max if sigma_max is None else sigma_max
     if name == "karras":
-        if not (math.isfinite(rho) and rho > 0):
-            raise UndiffuseError(f"rho must be a positive number, got {rho}")
         return sigmas_karras(n, sigma_min, sigma_max, rho)
     return sigmas_exponential(n, sigma_min, sigma_max)

@@ -82,6 +82,11 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..
     return shaped(denoiser, req.eps_scale, req.clip_x0), labels, text
 
 
+def request_sigmas(model: LoadedModel, req: SampleRequest) -> Tensor:
+    """The σ grid a request asks for: its grid, steps, σ range and ρ."""
+    return model.sigmas(req.steps, req.grid, req.sigma_min, req.sigma_max, req.rho)
+
+
 def cond_for(labels: Tensor | None, text: Any, rows: range) -> Any:
     """The condition of samples ``rows``: their labels, the prompt's embedding repeated, or None."""
     if text is not None:
@@ -106,7 +111,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     if req.prompt is not None and not model.text_conditioned:
         raise UndiffuseError(f"{model.source} is not text-conditioned: it takes no prompt")
     sampler = samplers.get(req.sampler)
-    sigmas = model.sigmas(req.steps, req.grid, req.sigma_min, req.sigma_max, req.rho)
+    sigmas = request_sigmas(model, req)
     denoiser, labels, text = guided_denoiser(model, req)
     keep_freed_memory()
     cfg = model.config

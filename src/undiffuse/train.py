@@ -38,8 +38,7 @@ from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .losses import denoising_loss
-from .models import build_denoiser, build_net, build_schedule, sigma_range, training_sigmas
-from .process import sigma_grid
+from .models import build_denoiser, build_net, build_schedule, config_sigmas, training_sigmas
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +315,7 @@ class Trainer:
             cond = self.data.table[self.data.offsets[:n]].as_cond()
             denoiser = CFGDenoiser(denoiser, cfg.sample.guidance, uncond=null_text(self.data.null))
             cond = {k: v.to(self.dist.device) for k, v in cond.items()}
-        lo, hi = sigma_range(cfg)
-        sigmas = sigma_grid(cfg.sample.grid, cfg.sample.steps, schedule=self.schedule, sigma_min=lo, sigma_max=hi)
+        sigmas = config_sigmas(cfg, cfg.sample.steps)
         gens = samplers.make_generators(range(n))
         shape = (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         x = samplers.randn(shape, gens, device=self.dist.device) * float(sigmas[0])

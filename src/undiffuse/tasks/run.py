@@ -13,7 +13,7 @@ from .. import samplers
 from ..errors import UndiffuseError
 from ..models import LoadedModel, build_schedule, sigma_range
 from ..process import sigmas_karras
-from ..sampling import SampleRequest, cond_for, guided_denoiser
+from ..sampling import SampleRequest, cond_for, guided_denoiser, request_sigmas
 from .consistency import InpaintDenoiser, UpscaleDenoiser, downsample, upsample
 
 
@@ -50,8 +50,7 @@ def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_sta
     """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε."""
     denoiser, labels, text = guided_denoiser(model, req)
     denoiser = wrap(denoiser)
-    sigmas = (model.sigmas(req.steps, req.grid, req.sigma_min, req.sigma_max, req.rho) if sigma_start is None
-              else _grid_from(model, sigma_start, req.steps))
+    sigmas = request_sigmas(model, req) if sigma_start is None else _grid_from(model, sigma_start, req.steps)
     cfg = model.config
     shape = (req.n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     gens = samplers.make_generators([req.seed + i for i in range(req.n)])
