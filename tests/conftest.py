@@ -10,6 +10,17 @@ from undiffuse.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets gain nothing from a second thread, and on a busy machine every 2-thread op can stall for a
+    scheduler slice (measured: 30 ms per small conv under load): modules of tiny-net tests run on one."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A class-conditional digits model trained for 4 steps: enough to sample and score, in seconds."""

@@ -9,14 +9,7 @@ from undiffuse.nets.blocks import Dropout
 from undiffuse.nets.cpu import attention_fp32, train_autocast
 from undiffuse.nets.unet import UNet
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from a second thread, and on a busy machine every 2-thread op can stall
-    for a scheduler slice (measured: 30 ms per small conv under load): keep these tests fast anyway."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(channels=32, head_dim=32, dropout=0.0)  # a tiny net: every test stays well under a second

@@ -20,6 +20,10 @@ from typing import Any
 from .errors import UndiffuseError
 
 
+BACKBONES = ("unet", "dit", "mlp", "autoencoder")
+SPACES = ("pixels", "latent")
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
@@ -37,8 +41,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "unet"                              # unet | mlp
-    channels: int = 64                                  # base width of the U-Net (hidden width of the MLP)
+    backbone: str = "unet"                              # unet | dit | mlp | autoencoder (a latent space's codec)
+    channels: int = 64                                  # base width of the U-Net / autoencoder (MLP: hidden width)
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # width per level
     num_res_blocks: int = 2                             # residual blocks per level
     attention_resolutions: list[int] = field(default_factory=lambda: [8])  # feature-map sizes with attention
@@ -46,6 +50,15 @@ class ModelConfig:
     num_heads: int = 4                                  # attention heads
     groups: int = 32                                    # GroupNorm groups (must divide every width)
     mlp_depth: int = 4                                  # residual blocks of the MLP backbone
+    dit_size: str = "S"                                 # DiT: a named depth × width × heads (nets.dit.DIT_SIZES)
+    patch_size: int = 2                                 # DiT: pixels (or latent cells) per token side
+    latent_channels: int = 4                            # autoencoder: channels of its latent (LDM uses 3-4)
+
+
+@dataclass
+class SpaceConfig:
+    kind: str = "pixels"             # where diffusion runs: pixels | latent (an autoencoder's scaled latents)
+    autoencoder: str = ""            # latent: the autoencoder's run folder, model file or shipped name
 
 
 @dataclass
@@ -54,7 +67,7 @@ class DiffusionConfig:
     schedule: str = "cosine"         # β schedule: linear | cosine | scaled_linear (VP only)
     timesteps: int = 1000            # T of the discrete chain (VP only)
     min_snr_gamma: float = 0.0       # > 0: min-SNR-γ loss weighting (Hang et al. 2023); 0: native loss
-    sigma_data: float = 0.5          # EDM's σ_data
+    sigma_data: float = 0.5          # EDM's σ_data (a latent space is scaled to unit variance: use 1.0 there)
     p_mean: float = -1.2             # EDM training density ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
 
@@ -80,6 +93,8 @@ class TrainConfig:
     threads: int = 0                 # torch threads (0: all cores)
     max_bad_steps: int = 20          # stop after this many non-finite steps in a row (each one is skipped)
     device: str = "cpu"              # cpu or cuda (under torchrun: one GPU per process)
+    kl_weight: float = 1e-6          # autoencoder: weight of the KL term (LDM's kl_weight; tiny: a near-deterministic
+    #                                  code whose scale is then fixed by the measured latent scale factor)
 
 
 @dataclass
@@ -97,6 +112,7 @@ class Config:
     out_dir: str = "runs/run"        # where checkpoints, logs, samples and the resolved config go
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -121,7 +137,11 @@ class Config:
                   ("data.channels", self.data.channels in (1, 3), "1 or 3"),
                   ("diffusion.parameterization", self.diffusion.parameterization in ("eps", "x0", "v", "edm"),
                    "eps, x0, v or edm"),
-                  ("model.backbone", self.model.backbone in ("unet", "mlp"), "unet or mlp"),
+                  ("model.backbone", self.model.backbone in BACKBONES, ", ".join(BACKBONES)),
+                  ("model.patch_size", self.model.patch_size >= 1, "≥ 1"),
+                  ("model.latent_channels", self.model.latent_channels >= 1, "≥ 1"),
+                  ("train.kl_weight", self.train.kl_weight >= 0, "≥ 0"),
+                  ("space.kind", self.space.kind in SPACES, ", ".join(SPACES)),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
                   ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "openmoji",
                                                    "emoji+openmoji", "tuxpaint"),
@@ -131,7 +151,15 @@ class Config:
         for key, ok, allowed in checks:
             if not ok:
                 raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")
-        if self.model.backbone == "unet":
+        if self.space.kind == "latent" and not self.space.autoencoder:
+            raise UndiffuseError("space.autoencoder must name an autoencoder (run folder, file or shipped model) "
+                                 "when space.kind = 'latent'")
+        if self.space.kind == "latent" and self.model.backbone in ("autoencoder", "mlp"):
+            raise UndiffuseError(f"model.backbone = {self.model.backbone!r} cannot run in a latent space")
+        if self.model.backbone == "dit":
+            from .nets.dit import dit_size
+            dit_size(self.model.dit_size)
+        if self.model.backbone == "unet" and self.space.kind == "pixels":  # a latent grid is checked when built
             factor = 2 ** (len(self.model.channel_mult) - 1)
             if self.data.image_size % factor:
                 raise UndiffuseError(f"data.image_size ({self.data.image_size}) must be divisible by the U-Net's "

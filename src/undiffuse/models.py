@@ -15,6 +15,7 @@ from .checkpoint import group, load_checkpoint, load_module_state
 from .config import Config, config_from_json
 from .denoiser import Denoiser, EDMDenoiser, VPDenoiser
 from .errors import UndiffuseError
+from .spaces import PixelSpace, Space, build_autoencoder, load_autoencoder
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -26,17 +27,38 @@ def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
     return process.DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
 
-def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim: int = 0) -> nn.Module:
+def build_space(cfg: Config, tensors: dict[str, Tensor] | None = None, meta: dict[str, Any] | None = None,
+                what: str = "the model") -> Space:
+    """Where the model's diffusion runs: pixels, or the latents of the autoencoder the config names (or the one a
+    trained latent model carries in ``tensors`` / ``meta``)."""
+    if cfg.space.kind == "pixels":
+        return PixelSpace((cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    from .spaces.latent import latent_space_from
+    space = latent_space_from(tensors, meta or {}, what) if tensors is not None else \
+        load_autoencoder(cfg.space.autoencoder)
+    return space.for_images(cfg.data.image_size, cfg.data.channels)
+
+
+def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim: int = 0,
+              shape: tuple[int, int, int] | None = None) -> nn.Module:
     """The backbone F_θ; ``num_classes`` = 0 for an unconditional model, ``dim`` for vector data,
-    ``context_dim`` for a text-conditioned U-Net (the text encoder's width)."""
+    ``context_dim`` for a text-conditioned net (the text encoder's width), ``shape`` (C, H, W) of the space
+    it runs in (default: the config's pixels)."""
     m = cfg.model
     embedding = "fourier" if cfg.diffusion.parameterization == "edm" else "positional"
     if m.backbone == "mlp":
         from .nets.mlp import MLP
         return MLP(dim=dim or 2, width=m.channels, depth=m.mlp_depth, noise_embedding=embedding,
                    num_classes=num_classes)
+    if m.backbone == "autoencoder":
+        return build_autoencoder(cfg)
+    channels, size, _ = shape or (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    if m.backbone == "dit":
+        from .nets.dit import DiT, dit_size
+        return DiT(in_channels=channels, image_size=size, patch_size=m.patch_size, **dit_size(m.dit_size),
+                   dropout=m.dropout, num_classes=num_classes, context_dim=context_dim, noise_embedding=embedding)
     from .nets.unet import UNet
-    return UNet(in_channels=cfg.data.channels, image_size=cfg.data.image_size, channels=m.channels,
+    return UNet(in_channels=channels, image_size=size, channels=m.channels,
                 channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
                 attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
                 num_heads=m.num_heads, groups=m.groups, num_classes=num_classes, noise_embedding=embedding,
@@ -85,6 +107,12 @@ class LoadedModel:
     class_names: list[str]
     source: str
     meta: dict[str, Any]
+    space: Space | None = None  # where it samples (None: pixels of the config's size)
+
+    def __post_init__(self):
+        if self.space is None:
+            d = self.config.data
+            self.space = PixelSpace((d.channels, d.image_size, d.image_size))
 
     @property
     def num_classes(self) -> int:
@@ -148,9 +176,14 @@ def load_model(model: str | Path) -> LoadedModel:
             raise UndiffuseError(f"{path} has no config in its metadata and no config.json beside it")
         meta = {**json.loads(side.read_text()), **meta}
     cfg = config_from_json(json.dumps(meta["config"]))
+    if cfg.model.backbone == "autoencoder":
+        raise UndiffuseError(f"{model} is an autoencoder, not a diffusion model: name it as space.autoencoder "
+                             "in a diffusion recipe")
     class_names = list(meta.get("class_names", []))
-    net = build_net(cfg, len(class_names), dim=meta.get("dim"), context_dim=int(meta.get("context_dim") or 0))
+    space = build_space(cfg, tensors, meta, what=str(path)) if meta.get("dim") is None else None
+    net = build_net(cfg, len(class_names), dim=meta.get("dim"), context_dim=int(meta.get("context_dim") or 0),
+                    shape=space.shape if space is not None else None)
     weights = group(tensors, "ema") or group(tensors, "model")
     load_module_state(net, weights, what=str(path))
     net.eval().requires_grad_(False)
-    return LoadedModel(build_denoiser(cfg, net), cfg, class_names, str(model), meta)
+    return LoadedModel(build_denoiser(cfg, net), cfg, class_names, str(model), meta, space)

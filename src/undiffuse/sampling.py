@@ -99,7 +99,8 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
              callback: Callable[..., Any] | None = None) -> tuple[Tensor, Tensor | None]:
     """(n, C, H, W) images in [-1, 1]; sample i depends only on seed + i (and its class).
 
-    ``callback(i, σ, x, x0_hat)`` is called at every step of every batch, as by the samplers.
+    ``callback(i, σ, x, x0_hat)`` is called at every step of every batch, as by the samplers; x and x0_hat are in
+    the model's space (``model.space.decode(x0_hat)`` previews a latent model's image). The result is decoded.
     The network runs in ``req.precision``. Also makes this process keep freed memory for reuse
     (:func:`~undiffuse.nets.cpu.keep_freed_memory`): at batch 64 with guidance, activations over 32 MiB
     were page-faulted in afresh at every step (per step 1.39× faster in fp32, 1.09× in bf16; bench/README.md).
@@ -114,8 +115,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     sigmas = request_sigmas(model, req)
     denoiser, labels, text = guided_denoiser(model, req)
     keep_freed_memory()
-    cfg = model.config
-    shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    shape = model.space.shape  # (C, H, W) of the space it samples in: pixels, or an autoencoder's latents
     out = []
     starts = range(0, req.n, req.batch_size)
     bar = tqdm(total=len(starts) * (len(sigmas) - 1), disable=not progress, desc=f"sampling {req.n}",
@@ -132,7 +132,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
             gens = samplers.make_generators([req.seed + i for i in idx])
             x = samplers.randn((len(idx), *shape), gens) * float(sigmas[0])
             cond = cond_for(labels, text, idx)
-            out.append(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=step))
+            out.append(model.space.decode(sampler(denoiser, x, sigmas, cond=cond, generator=gens, callback=step)))
     return torch.cat(out), labels
 
 

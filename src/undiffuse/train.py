@@ -32,13 +32,15 @@ from . import distributed, samplers
 from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
                          prefixed, save_checkpoint)
 from .config import Config, to_dict
+from .data.latents import encode_training_data
 from .data.training import TrainingData, load_training_data
 from .ema import EMA
 from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .losses import denoising_loss
-from .models import build_denoiser, build_net, build_schedule, config_sigmas, training_sigmas
+from .models import build_denoiser, build_net, build_schedule, build_space, config_sigmas, training_sigmas
+from .nets.autoencoder import autoencoder_loss, measure_scale, psnr
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +96,23 @@ class Trainer:
             raise UndiffuseError(f"the micro-batch (train.batch_size / train.grad_accum = "
                                  f"{cfg.train.batch_size // cfg.train.grad_accum}) must divide evenly over "
                                  f"{self.dist.world} processes")
+        self.autoencoding = cfg.model.backbone == "autoencoder"  # training a latent space's codec, not a denoiser
         self.data: TrainingData = load_training_data(cfg)
-        self.num_classes = self.data.num_classes if cfg.data.conditional else 0
+        self.space = build_space(cfg) if self.data.dim is None and not self.autoencoding else None
+        if self.space is not None and self.space.kind == "latent":  # encoded once, cached on disk
+            self.data = encode_training_data(self.data, self.space, cfg, progress=progress and self.dist.main)
+        self.num_classes = self.data.num_classes if cfg.data.conditional and not self.autoencoding else 0
         torch.manual_seed(cfg.train.seed)
         self.context_dim = getattr(self.data, "context_dim", 0) if cfg.data.conditional else 0
-        self.net = build_net(cfg, self.num_classes, dim=self.data.dim, context_dim=self.context_dim
-                             ).to(self.dist.device)
+        self.net = build_net(cfg, self.num_classes, dim=self.data.dim, context_dim=self.context_dim,
+                             shape=self.space.shape if self.space is not None else None).to(self.dist.device)
         if cfg.train.channels_last and self.data.dim is None:
             self.net = self.net.to(memory_format=torch.channels_last)
         trained = self.net
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             trained = DistributedDataParallel(self.net)  # averages gradients over the ranks in backward
+        self.trained = trained
         self.denoiser = build_denoiser(cfg, trained)
         self.schedule = build_schedule(cfg)
         self.ema = EMA(self.net, cfg.train.ema_decay)
@@ -137,6 +144,13 @@ class Trainer:
         for m in range(cfg.train.grad_accum):
             start = (self.step * cfg.train.grad_accum + m) * micro
             x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
+            if self.autoencoding:
+                with _autocast(cfg):
+                    loss, _ = autoencoder_loss(self.trained, shard(x0), kl_weight=cfg.train.kl_weight,
+                                               generator=self.gen)
+                (loss / cfg.train.grad_accum).backward()
+                total += float(loss.detach()) / cfg.train.grad_accum
+                continue
             cond = None
             if self.context_dim:  # captions: drop to the empty prompt as often as labels would be dropped
                 drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
@@ -248,7 +262,15 @@ class Trainer:
                 self.best_loss if math.isfinite(self.best_loss) else None,
                 "ema_updates": self.ema.updates, "seconds": self.seconds, "world_size": self.dist.world,
                 "class_names": self.data.class_names[: self.num_classes], "context_dim": self.context_dim,
-                "dim": self.data.dim}
+                "dim": self.data.dim, **({"autoencoder": self.space.meta()} if self._latent else {})}
+
+    @property
+    def _latent(self) -> bool:
+        return self.space is not None and self.space.kind == "latent"
+
+    def _tensors(self, state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+        """A state dict under ``prefix``, with the autoencoder of a latent model beside it."""
+        return {**prefixed(state, prefix), **(self.space.tensors() if self._latent else {})}
 
     def save(self) -> Path:
         """Write checkpoints/step_N.safetensors and latest.safetensors, and best.safetensors when the mean
@@ -259,7 +281,7 @@ class Trainer:
         if not self.dist.main:
             return path
         opt_tensors, opt_meta = optimizer_state(self.opt)
-        tensors = {**prefixed(self.net.state_dict(), "model"), **prefixed(self.ema.model.state_dict(), "ema"),
+        tensors = {**self._tensors(self.net.state_dict(), "model"), **prefixed(self.ema.model.state_dict(), "ema"),
                    **prefixed(opt_tensors, "optim"),
                    "rng.torch": torch.get_rng_state(), "rng.gen": self.gen.get_state()}
         is_best = loss < self.best_loss
@@ -277,7 +299,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
         saved = meta.get("config", {})
-        for section in ("data", "model", "diffusion"):
+        for section in ("data", "model", "space", "diffusion"):
             if saved.get(section) != to_dict(self.cfg)[section]:
                 raise UndiffuseError(f"cannot resume: the [{section}] section differs from the checkpoint's")
         load_module_state(self.net, group(tensors, "model"), "model")
@@ -293,7 +315,11 @@ class Trainer:
     def export(self) -> Path:
         """The EMA weights alone (what sampling needs) as model.safetensors, config in its metadata."""
         path = self.out / "model.safetensors"
-        save_checkpoint(path, prefixed(self.ema.model.state_dict(), "ema"), self._meta())
+        meta = self._meta()
+        if self.autoencoding:  # the scale factor that makes the latents unit-variance, measured on the data
+            sample = self.data.batch(self.order.indices(0, min(len(self.data), 2048)), torch.Generator())[0]
+            meta["latent_scale"] = measure_scale(self.ema.model.eval(), sample.to(self.dist.device))
+        save_checkpoint(path, self._tensors(self.ema.model.state_dict(), "ema"), meta)
         return path
 
     # ------------------------------------------------------------------ previews
@@ -302,6 +328,8 @@ class Trainer:
         """A grid from the EMA weights: one row per class (guided) or n unconditional samples."""
         if self.data.dim is not None:
             return None  # vector data: the 2-D demo draws its own plots
+        if self.autoencoding:
+            return self.preview_reconstructions()
         cfg = self.cfg
         denoiser = build_denoiser(cfg, self.ema.model.eval())
         n_cls = min(self.num_classes, 10)
@@ -317,14 +345,26 @@ class Trainer:
             cond = {k: v.to(self.dist.device) for k, v in cond.items()}
         sigmas = config_sigmas(cfg, cfg.sample.steps)
         gens = samplers.make_generators(range(n))
-        shape = (n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-        x = samplers.randn(shape, gens, device=self.dist.device) * float(sigmas[0])
+        x = samplers.randn((n, *self.space.shape), gens, device=self.dist.device) * float(sigmas[0])
         cond = cond.to(self.dist.device) if isinstance(cond, Tensor) else cond
-        out = samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens)
+        out = self.space.decode(samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens))
         path = self.out / "samples" / f"step_{self.step:08d}.png"
         save_png(path, make_grid(out, nrow=per_row if n_cls else None), {
             "model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
             "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"})
+        return path
+
+
+    @torch.no_grad()
+    def preview_reconstructions(self) -> Path:
+        """An autoencoder's preview: 8 training images (top row) above their reconstructions (EMA weights)."""
+        x = self.data.batch(torch.arange(min(8, len(self.data))), torch.Generator())[0].to(self.dist.device)
+        model = self.ema.model.eval()
+        recon = model.decode(model.encode(x)[0]).clamp(-1, 1)
+        path = self.out / "samples" / f"step_{self.step:08d}.png"
+        save_png(path, make_grid(torch.cat([x, recon]), nrow=len(x)), {
+            "model": self.cfg.name, "step": self.step, "rows": "training images; their reconstructions",
+            "psnr": f"{float(psnr(recon, x).mean()):.2f}"})
         return path
 
 

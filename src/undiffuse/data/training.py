@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..errors import UndiffuseError
+from .images import ImageData
 
 
 class TrainingData(Protocol):
@@ -101,19 +102,26 @@ class TextImageData:
         return x0, self.table[pick]
 
 
+CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")
+
+
+def _captioned_loader(name: str):
+    """The loader of a captioned image set: (size, channels, limit) → images with caption variants."""
+    from .emoji import load_emoji
+    from .openmoji import load_emoji_and_openmoji, load_openmoji
+    from .tuxpaint import load_tuxpaint
+    return {"emoji": load_emoji, "openmoji": load_openmoji, "emoji+openmoji": load_emoji_and_openmoji,
+            "tuxpaint": load_tuxpaint}[name]
+
+
 def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
     """Captioned images (Twemoji, OpenMoji, both, or Tux Paint stamps) with caption variants, embedded once
     by the frozen text encoder (cached under the data folder)."""
     from ..text import TextEncoder, cached_embeddings
-    from .emoji import data_root, load_emoji
-    from .images import ImageData
-    from .openmoji import load_emoji_and_openmoji, load_openmoji
-    from .tuxpaint import load_tuxpaint
+    from .emoji import data_root
 
     d = cfg.data
-    load = {"emoji": load_emoji, "openmoji": load_openmoji, "emoji+openmoji": load_emoji_and_openmoji,
-            "tuxpaint": load_tuxpaint}[d.name]
-    emoji = load(size=d.image_size, channels=d.channels, limit=d.limit or None)
+    emoji = _captioned_loader(d.name)(size=d.image_size, channels=d.channels, limit=d.limit or None)
     flat = [c for caps in emoji.captions for c in caps]
     counts = torch.tensor([len(c) for c in emoji.captions])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -129,8 +137,11 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name == "toy":
         from .toy import toy_dataset
         return PointData(toy_dataset(d.toy_set, d.toy_size, seed=cfg.train.seed))
-    if d.name in ("emoji", "openmoji", "emoji+openmoji", "tuxpaint"):
+    if d.name in CAPTIONED and cfg.model.backbone != "autoencoder":  # an autoencoder needs the images only
         return load_text_image_data(cfg)
+    if d.name in CAPTIONED:
+        captioned = _captioned_loader(d.name)(size=d.image_size, channels=d.channels, limit=d.limit or None)
+        return ImageTrainingData(ImageData(captioned.images, torch.full((len(captioned),), -1)), flip=d.flip)
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist
         images = load_fashion_mnist("train", size=d.image_size)

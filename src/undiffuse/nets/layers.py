@@ -1,4 +1,4 @@
-"""Layers shared by the backbones: embeddings of the noise level and of the class label."""
+"""Layers shared by the backbones: embeddings of the noise level and of the class label, the text condition."""
 
 from __future__ import annotations
 
@@ -70,3 +70,17 @@ def noise_embedding(kind: str, dim: int) -> nn.Module:
     if kind == "fourier":
         return FourierEmbedding(dim)
     raise UndiffuseError(f"unknown noise embedding {kind!r}; known: positional, fourier")
+
+
+def check_text_cond(cond: object, batch: int, context_dim: int, net: str) -> dict[str, Tensor]:
+    """A text condition for a batch: {"tokens": (B, L, D), "mask": (B, L), "pooled": (B, D)}, or a one-line error."""
+    if not isinstance(cond, dict) or not {"tokens", "mask", "pooled"} <= set(cond):
+        raise UndiffuseError(f"this {net} is text-conditioned: cond must be a dict with tokens, mask and pooled "
+                             "(see undiffuse.text.TextEncoder)")
+    tokens, mask, pooled = cond["tokens"], cond["mask"], cond["pooled"]
+    if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != context_dim \
+            or mask.shape != tokens.shape[:2] or pooled.shape != (batch, context_dim):
+        raise UndiffuseError(f"text cond for a batch of {batch} needs tokens (B, L, {context_dim}), mask "
+                             f"(B, L) and pooled (B, {context_dim}); got {tuple(tokens.shape)}, "
+                             f"{tuple(mask.shape)}, {tuple(pooled.shape)}")
+    return cond

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ..errors import UndiffuseError
 from .blocks import AttentionBlock, CrossAttentionBlock, Downsample, ResBlock, Upsample, zero_
-from .layers import LabelEmbedding
+from .layers import LabelEmbedding, check_text_cond
 from .layers import noise_embedding as noise_embedding_layer
 
 
@@ -149,7 +149,7 @@ class UNet(nn.Module):
         if self.class_embed is not None:
             emb = emb + self.class_embed(cond, len(x))
         elif self.text_embed is not None:
-            text = self._check_text(cond, len(x))
+            text = check_text_cond(cond, len(x), self.context_dim, "UNet")
             emb = emb + self.text_embed(text["pooled"].to(emb.dtype))
         elif cond is not None:
             raise UndiffuseError("this UNet is unconditional (num_classes=0) but got a class label")
@@ -175,15 +175,3 @@ class UNet(nn.Module):
             else:
                 h = b(h)
         return h
-
-    def _check_text(self, cond: object, batch: int) -> dict[str, Tensor]:
-        if not isinstance(cond, dict) or not {"tokens", "mask", "pooled"} <= set(cond):
-            raise UndiffuseError("this UNet is text-conditioned: cond must be a dict with tokens, mask and pooled "
-                                 "(see undiffuse.text.TextEncoder)")
-        tokens, mask, pooled = cond["tokens"], cond["mask"], cond["pooled"]
-        if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != self.context_dim \
-                or mask.shape != tokens.shape[:2] or pooled.shape != (batch, self.context_dim):
-            raise UndiffuseError(f"text cond for a batch of {batch} needs tokens (B, L, {self.context_dim}), mask "
-                                 f"(B, L) and pooled (B, {self.context_dim}); got {tuple(tokens.shape)}, "
-                                 f"{tuple(mask.shape)}, {tuple(pooled.shape)}")
-        return cond

@@ -1,0 +1,191 @@
+"""The Diffusion Transformer: shapes, zero/identity init, conditioning, errors, gradients, bf16 autocast."""
+
+import pytest
+import torch
+
+from undiffuse.errors import UndiffuseError
+from undiffuse.nets.cpu import train_autocast
+from undiffuse.nets.dit import DIT_SIZES, DiT, dit_size, sincos_2d
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+SMALL = dict(width=64, depth=2, heads=2, image_size=8)  # a tiny net: every test well under a second
+
+
+def perturbed(net: DiT, scale: float = 0.05, seed: int = 0) -> DiT:
+    """Add noise to every weight: the zero-initialised layers otherwise make F ≡ 0 and hide the rest."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+def make(**kw) -> DiT:
+    torch.manual_seed(0)
+    return DiT(**{**SMALL, **kw})
+
+
+def text_cond(batch: int, length: int = 5, dim: int = 16, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[:, length - 2:] = False                                        # the last two tokens are padding
+    return {"tokens": torch.randn(batch, length, dim, generator=g), "mask": mask,
+            "pooled": torch.randn(batch, dim, generator=g)}
+
+
+@pytest.mark.parametrize("in_ch, size, patch", [(1, 8, 1), (4, 8, 2), (3, 16, 4), (4, 12, 2)])
+def test_output_shape_and_zero_at_init(in_ch, size, patch):
+    net = make(in_channels=in_ch, image_size=size, patch_size=patch)
+    x = torch.randn(2, in_ch, size, size)
+    out = net(x, torch.tensor([3.0, 700.0]))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(out, torch.zeros_like(out))                      # zero final layer: F starts as 0
+
+
+@pytest.mark.parametrize("patch", [1, 2, 4])
+def test_non_square_inputs_and_out_channels(patch):
+    net = perturbed(make(in_channels=3, out_channels=6, patch_size=patch, noise_embedding="fourier"))
+    for h, w in [(8, 12), (4, 16)]:
+        out = net(torch.randn(2, 3, h, w), torch.randn(2))
+        assert out.shape == (2, 6, h, w) and torch.isfinite(out).all()
+    assert net(torch.randn(2, 3, 8, 8), torch.tensor(0.5)).shape == (2, 6, 8, 8)  # scalar noise level
+
+
+def test_unpatchify_inverts_the_token_layout():
+    net = make(in_channels=3, patch_size=2)
+    x = torch.randn(2, 3, 4, 6)
+    tokens = x.reshape(2, 3, 2, 2, 3, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 6, 12)  # (B, N, p·p·C)
+    assert torch.equal(net.unpatchify(tokens, 2, 3), x)
+
+
+def test_position_embeddings():
+    pe = sincos_2d(3, 5, 16)
+    assert pe.shape == (15, 16)
+    assert torch.equal(pe[:5, :8], pe[:1, :8].expand(5, 8))             # first half: the row only
+    assert torch.equal(pe[::5, 8:], pe[:1, 8:].expand(3, 8))            # second half: the column only
+    assert torch.cdist(pe, pe).add(torch.eye(15)).min() > 0.1           # every position distinct
+    assert not any("pos" in k or "sincos" in k for k in make().state_dict())  # not saved
+
+
+def test_every_block_is_the_identity_at_init():
+    net = make(context_dim=16)
+    x, c = torch.randn(2, 16, 64), torch.randn(2, 64)
+    for block in net.blocks:
+        assert torch.equal(block(x, c, text_cond(2)), x)
+    assert not torch.equal(perturbed(net).blocks[0](x, c, text_cond(2)), x)   # a real residual once trained
+
+
+def test_both_noise_embeddings_use_the_noise_level():
+    for kind, levels in [("positional", (3.0, 700.0)), ("fourier", (-1.0, 1.0))]:
+        net = perturbed(make(noise_embedding=kind)).eval()
+        x = torch.randn(1, 4, 8, 8)
+        a, b = (net(x, torch.tensor([t])) for t in levels)
+        assert (a - b).abs().max() > 1e-3, kind
+
+
+def test_class_conditioning_and_null_label():
+    net = perturbed(make(num_classes=10)).eval()
+    x, t = torch.randn(4, 4, 8, 8), torch.full((4,), 500.0)
+    a = net(x, t, torch.tensor([0, 1, 2, 3]))
+    b = net(x, t, torch.tensor([4, 5, 6, 7]))
+    assert (a - b).abs().max() > 1e-3                                   # the label matters
+    none = net(x, t, None)
+    assert torch.allclose(net(x, t, torch.full((4,), -1)), none, atol=1e-6)   # -1 is "no class"
+    mixed = net(x, t, torch.tensor([0, -1, 2, -1]))
+    assert torch.allclose(mixed[[0, 2]], a[[0, 2]], atol=1e-5)
+    assert torch.allclose(mixed[[1, 3]], none[[1, 3]], atol=1e-5)
+
+
+def test_text_conditioning_and_padding_mask():
+    net = perturbed(make(context_dim=16)).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.full((2,), 300.0)
+    cond = text_cond(2)
+    ref = net(x, t, cond)
+    other_tokens = {**cond, "tokens": text_cond(2, seed=1)["tokens"]}
+    assert (net(x, t, other_tokens) - ref).abs().max() > 1e-3           # the tokens matter
+    other_pooled = {**cond, "pooled": text_cond(2, seed=1)["pooled"]}
+    assert (net(x, t, other_pooled) - ref).abs().max() > 1e-3           # so does the pooled embedding
+    padded = cond["tokens"].clone()
+    padded[:, -2:] = 100 * torch.randn(2, 2, 16)                        # change only the masked-out tokens
+    assert torch.allclose(net(x, t, {**cond, "tokens": padded}), ref, atol=1e-6)
+    assert torch.allclose(net(x, t, {**cond, "mask": cond["mask"].long()}), ref, atol=1e-6)  # 0/1 masks too
+
+
+def test_batch_independence():
+    net = perturbed(make(num_classes=4)).eval()
+    x, t, c = torch.randn(5, 4, 8, 8), torch.rand(5) * 1000, torch.tensor([0, 1, -1, 3, 2])
+    full = net(x, t, c)
+    for i in range(5):
+        assert torch.allclose(net(x[i:i + 1], t[i:i + 1], c[i:i + 1]), full[i:i + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, cond", [(dict(num_classes=3, dropout=0.1), torch.tensor([0, 2, -1])),
+                                      (dict(context_dim=16), text_cond(3))])
+def test_every_parameter_gets_a_gradient(kw, cond):
+    net = perturbed(make(**kw))
+    out = net(torch.randn(3, 4, 8, 8), torch.tensor([1.0, 200.0, 900.0]), cond)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_bf16_autocast_forward():
+    net = perturbed(make(context_dim=16)).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.rand(2) * 1000
+    ref = net(x, t, text_cond(2))
+    with train_autocast(True):
+        out = net(x, t, text_cond(2))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_sizes():
+    assert dit_size("S") == dict(depth=12, width=384, heads=6)
+    for name, size in DIT_SIZES.items():
+        assert size["width"] // size["heads"] == 64, name
+    with pytest.raises(UndiffuseError, match="unknown DiT size 'L'.*XS"):
+        dit_size("L")
+    with torch.device("meta"):                                          # counts without allocating
+        n = sum(p.numel() for p in DiT(in_channels=4, patch_size=2, image_size=32, **dit_size("S")).parameters())
+    assert 25e6 < n < 40e6, n                                           # DiT-S/2: ~33 M
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(image_size=9), "image_size 9 is not divisible by patch_size 2"),
+    (dict(width=66, heads=4), "width 66 is not divisible by heads 4"),
+    (dict(width=6, heads=3), "divisible by 4"),
+    (dict(depth=0), "positive"),
+    (dict(num_classes=3, context_dim=8), "not both"),
+    (dict(noise_embedding="learned"), "noise embedding"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_bad_config_raises(kw, msg):
+    with pytest.raises(UndiffuseError, match=msg):
+        make(**kw)
+
+
+def test_bad_inputs_raise():
+    net, t = make(), torch.zeros(2)
+    with pytest.raises(UndiffuseError, match="not divisible by the patch size 2"):
+        net(torch.randn(2, 4, 7, 8), t)
+    with pytest.raises(UndiffuseError, match="takes images"):
+        net(torch.randn(2, 3, 8, 8), t)
+    with pytest.raises(UndiffuseError, match="noise_cond"):
+        net(torch.randn(2, 4, 8, 8), torch.zeros(3))
+    with pytest.raises(UndiffuseError, match="unconditional"):
+        net(torch.randn(2, 4, 8, 8), t, torch.tensor([1, 2]))
+    classes = make(num_classes=10)
+    for bad in [text_cond(2), torch.tensor([1.0, 2.0]), torch.tensor([1, 2, 3])]:
+        with pytest.raises(UndiffuseError, match="class-conditioned"):
+            classes(torch.randn(2, 4, 8, 8), t, bad)
+    with pytest.raises(UndiffuseError, match="class labels"):
+        classes(torch.randn(2, 4, 8, 8), t, torch.tensor([1, 11]))
+    text = make(context_dim=16)
+    with pytest.raises(UndiffuseError, match="text-conditioned"):
+        text(torch.randn(2, 4, 8, 8), t, torch.tensor([1, 2]))
+    with pytest.raises(UndiffuseError, match="needs tokens"):
+        text(torch.randn(2, 4, 8, 8), t, text_cond(2, dim=8))

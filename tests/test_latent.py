@@ -1,0 +1,114 @@
+"""Latent diffusion as a space: an autoencoder trained by `undiffuse train`, its scale, and diffusion in its latents."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from undiffuse import samplers
+from undiffuse.checkpoint import load_checkpoint
+from undiffuse.config import load_config
+from undiffuse.data.digits import load_digits_data
+from undiffuse.errors import UndiffuseError
+from undiffuse.models import load_model
+from undiffuse.nets.autoencoder import psnr
+from undiffuse.sampling import SampleRequest, generate
+from undiffuse.spaces import load_autoencoder
+from undiffuse.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("sklearn")
+TRAIN_IMAGES = 1500  # digits 0..1499 train the autoencoder; the other 297 are held out
+
+
+def ae_config(out: Path, *extra: str):
+    """A tiny f = 2 autoencoder for 16×16 digits: 2 × 8 × 8 latents."""
+    return load_config(ROOT / "configs" / "fashion-mnist-autoencoder.toml", [
+        f"out_dir='{out}'", "data.name='digits'", "data.image_size=16", f"data.limit={TRAIN_IMAGES}",
+        "model.channels=16", "model.channel_mult=[1, 2]", "model.latent_channels=2", "model.groups=8",
+        "train.steps=150", "train.batch_size=32", "train.lr=2e-3", "train.warmup=10", "train.ema_decay=0.9",
+        "train.checkpoint_every=75", "train.sample_every=0", "train.threads=1", *extra])
+
+
+@pytest.fixture(scope="module")
+def latent_root(tmp_path_factory):
+    """Latent caches go to a temporary data folder; an autoencoder trained once for the module."""
+    root = tmp_path_factory.mktemp("latent")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(root / "data"))
+        train(ae_config(root / "ae"), progress=False)
+        yield root
+
+
+def test_autoencoder_round_trip_on_held_out_digits(latent_root):
+    space = load_autoencoder(str(latent_root / "ae"))
+    assert space.shape == (2, 8, 8) and space.factor == 2
+    x = load_digits_data(size=16).batch(slice(TRAIN_IMAGES, None))                      # (297, 1, 16, 16)
+    z = space.encode(x)
+    assert z.shape == (len(x), 2, 8, 8)
+    recon = space.decode(z)
+    baseline = psnr(load_digits_data(size=16).batch(slice(0, TRAIN_IMAGES)).mean(0, keepdim=True).expand_as(x), x)
+    gain = float(psnr(recon, x).mean() - baseline.mean())
+    assert gain > 6, f"held-out PSNR only {gain:.1f} dB above the mean image"
+    # the scale factor was measured on the training images: their scaled latents have unit variance
+    train_z = space.encode(load_digits_data(size=16).batch(slice(0, 1024)))
+    assert 0.8 < float(train_z.std()) < 1.2
+    _, meta = load_checkpoint(latent_root / "ae" / "model.safetensors")
+    assert meta["latent_scale"] == pytest.approx(space.scale)
+
+
+def test_autoencoder_resume_is_bit_identical(latent_root, tmp_path):
+    train(ae_config(tmp_path / "a", "train.steps=6", "train.checkpoint_every=3"), progress=False)
+    train(ae_config(tmp_path / "b", "train.steps=3", "train.checkpoint_every=3"), progress=False)
+    train(ae_config(tmp_path / "b", "train.steps=6", "train.checkpoint_every=3"), resume=True, progress=False)
+    a, _ = load_checkpoint(tmp_path / "a" / "model.safetensors")
+    b, _ = load_checkpoint(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unfinished_autoencoder_and_autoencoder_as_model_are_refused(latent_root):
+    with pytest.raises(UndiffuseError, match="no measured latent scale"):
+        load_autoencoder(str(latent_root / "ae" / "checkpoints" / "latest.safetensors"))
+    with pytest.raises(UndiffuseError, match="is an autoencoder, not a diffusion model"):
+        load_model(latent_root / "ae")
+    with pytest.raises(UndiffuseError, match="space.autoencoder must name an autoencoder"):
+        load_config(ROOT / "configs" / "digits-smoke.toml", ["space.kind='latent'"])
+
+
+def latent_config(out: Path, ae: Path, backbone: str, *extra: str):
+    model = ["model.backbone='dit'", "model.dit_size='T'", "model.patch_size=2"] if backbone == "dit" else \
+        ["model.channels=16", "model.channel_mult=[1, 2]", "model.attention_resolutions=[4]", "model.groups=8"]
+    return load_config(ROOT / "configs" / "digits-smoke.toml", [
+        f"out_dir='{out}'", "data.image_size=16", "space.kind='latent'", f"space.autoencoder='{ae}'",
+        "train.steps=8", "train.checkpoint_every=8", "train.threads=1", *model, *extra])
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_latent_model_trains_samples_and_decodes(latent_root, backbone, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(latent_root / "data"))
+        run = train(latent_config(tmp_path / "run", latent_root / "ae", backbone, "train.sample_every=8"),
+                    progress=False)
+    assert (run / "samples" / "step_00000008.png").is_file()  # the preview was decoded to 16×16 digits
+    assert list((latent_root / "data" / "latents").glob("digits-*.safetensors"))  # encoded once, cached
+    model = load_model(run)
+    assert model.space.kind == "latent" and model.space.shape == (2, 8, 8)
+    previews = []
+    images, labels = generate(model, SampleRequest(n=3, steps=4, label=7), progress=False,
+                              callback=lambda i, s, x, x0: previews.append(model.space.decode(x0)))
+    assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1 and labels.tolist() == [7, 7, 7]
+    assert len(previews) == 4 and previews[0].shape == (3, 1, 16, 16)
+
+
+def test_every_sampler_runs_on_a_latent_model_that_carries_its_autoencoder(latent_root, tmp_path):
+    import shutil
+    ae = tmp_path / "ae-copy"
+    shutil.copytree(latent_root / "ae", ae)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(latent_root / "data"))
+        run = train(latent_config(tmp_path / "run", ae, "dit", "train.sample_every=0"), progress=False)
+    shutil.rmtree(ae)  # the model file holds the autoencoder: it needs no other folder
+    model = load_model(run)
+    for name in samplers.names():
+        images, _ = generate(model, SampleRequest(n=2, steps=3, sampler=name, guidance=2.0), progress=False)
+        assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all(), name
