@@ -4,7 +4,8 @@
         --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
 
 Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part
-of its latest checkpoint) and config.json: the resolved config, class names, steps, training time,
+of its latest checkpoint; a latent model's autoencoder with it), its floating-point tensors in bf16 (sampling runs
+the network in bf16 anyway; loading casts them back to fp32), and config.json: the resolved config, class names, steps, training time,
 hardware and the command, so that ``undiffuse sample NAME`` finds it and anyone can re-make it.
 """
 
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the exact command that trained the run")
     ap.add_argument("--seconds", type=float, default=None, help="training wall time (default: from the run)")
     ap.add_argument("--hardware", default=None, help="default: this machine's CPU and core count")
+    ap.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: bf16, half the size)")
     args = ap.parse_args()
 
     source = args.run / "model.safetensors"
@@ -52,7 +54,11 @@ def main() -> None:
     ema = group(tensors, "ema")
     if not ema:
         raise SystemExit(f"error: {source} holds no EMA weights")
-    meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "context_dim", "seconds") if k in meta}
+    meta = {k: meta[k] for k in ("config", "step", "class_names", "dim", "context_dim", "seconds", "autoencoder")
+            if k in meta}
+    weights = {**prefixed(ema, "ema"), **prefixed(group(tensors, "autoencoder"), "autoencoder")}
+    if not args.fp32:
+        weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
     # the run may have been stopped at a checkpoint: the model is the recipe run for that many steps
     # (exactly so with the constant learning rate after warm-up)
@@ -65,7 +71,7 @@ def main() -> None:
         "data": DATA.get(meta["config"]["data"]["name"], meta["config"]["data"]["name"])}}
     out = PRETRAINED_DIR / args.name
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "model.safetensors", prefixed(ema, "ema"), meta)
+    save_checkpoint(out / "model.safetensors", weights, meta)
     (out / "config.json").write_text(json.dumps(card, indent=2) + "\n")
     size = (out / "model.safetensors").stat().st_size / 2**20
     print(f"shipped {source} (step {meta['step']}) as {out} ({size:.1f} MiB)")

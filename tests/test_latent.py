@@ -112,3 +112,26 @@ def test_every_sampler_runs_on_a_latent_model_that_carries_its_autoencoder(laten
     for name in samplers.names():
         images, _ = generate(model, SampleRequest(n=2, steps=3, sampler=name, guidance=2.0), progress=False)
         assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all(), name
+
+
+def test_tasks_on_a_latent_model_keep_their_guarantees(latent_root, tmp_path):
+    from undiffuse.tasks import denoise, downsample, edit, inpaint, upscale
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(latent_root / "data"))
+        model = load_model(train(latent_config(tmp_path / "run", latent_root / "ae", "unet", "train.sample_every=0"),
+                                 progress=False))
+    image = load_digits_data(size=16).batch(slice(TRAIN_IMAGES, TRAIN_IMAGES + 1))           # (1, 1, 16, 16)
+    mask = torch.zeros(1, 16, 16)
+    mask[:, 3:11, 5:13] = 1                                    # fill a box; it does not align with the 2×2 cells
+    req = SampleRequest(n=2, steps=4, label=3, sampler="euler_ancestral")
+    out = inpaint(model, image, mask, req)
+    keep = (mask < 0.5).expand_as(out)
+    assert out.shape == (2, 1, 16, 16) and torch.equal(out[keep], image.expand_as(out)[keep])
+    assert not torch.allclose(out[~keep], image.expand_as(out)[~keep])
+    low = downsample(image, 2)
+    up = upscale(model, low, 2, SampleRequest(n=2, steps=3, label=3))
+    assert torch.allclose(downsample(up, 2), low.expand(2, -1, -1, -1), atol=1e-5)
+    edited = edit(model, image, SampleRequest(n=2, steps=4, label=3), strength=0.5)
+    assert edited.shape == (2, 1, 16, 16) and torch.isfinite(edited).all()
+    with pytest.raises(UndiffuseError, match="denoise runs in pixel space"):
+        denoise(model, image, SampleRequest(n=1, steps=4))

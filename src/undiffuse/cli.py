@@ -203,7 +203,11 @@ def inpaint(
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/inpaint"),
 ) -> None:
-    """Fill the white part of MASK in IMAGE; the rest is kept."""
+    """Fill the white part of MASK in IMAGE; every black (keep) pixel is returned exactly as it was.
+
+    In pixel space the known pixels are written into every estimate x̂0. In a latent model the latent cells whose
+    pixels are all known are held instead, and the known pixels are pasted back after decoding: the kept region is
+    exact, the border of the hole is the decoder's."""
     from .tasks import inpaint as run_inpaint
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
@@ -230,7 +234,10 @@ def upscale(
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/upscale"),
 ) -> None:
-    """Super-resolution ×2 or ×4 whose output averages back down to the input."""
+    """Super-resolution ×2 or ×4 whose output averages back down to the input exactly.
+
+    The projection acts on pixels: in a latent model every estimate is decoded, projected and encoded again
+    (one decode and encode per step), and the final image is projected once more."""
     from .tasks import upscale as run_upscale
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
@@ -271,7 +278,10 @@ def denoise(
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 10, seed: SeedOpt = 0,
     out: OutOpt = Path("out/denoise"),
 ) -> None:
-    """Remove Gaussian noise: estimate σ, start the reverse process there."""
+    """Remove Gaussian noise: estimate σ, start the reverse process there.
+
+    Pixel-space models only: a noisy image x0 + σε is the sampler's state at σ in pixel space, not in a latent
+    space (a latent model is refused; its `edit` is the nearest thing)."""
     from .tasks import denoise as run_denoise
 
     loaded, req = _task_setup(model, class_, prompt, n=1, seed=seed, sampler=sampler, steps=steps, guidance=1.0)

@@ -75,6 +75,8 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     steps: int = 20_000              # optimizer steps
+    max_seconds: float = 0.0         # stop (checkpoint and export) once this much training time is spent (0: off);
+    #                                  for comparisons at equal wall time
     batch_size: int = 64             # images per optimizer step (split over grad_accum micro-batches)
     grad_accum: int = 1              # micro-batches per step (same result, less memory)
     lr: float = 2e-4                 # AdamW peak learning rate
@@ -141,6 +143,7 @@ class Config:
                   ("model.patch_size", self.model.patch_size >= 1, "≥ 1"),
                   ("model.latent_channels", self.model.latent_channels >= 1, "≥ 1"),
                   ("train.kl_weight", self.train.kl_weight >= 0, "≥ 0"),
+                  ("train.max_seconds", self.train.max_seconds >= 0, "≥ 0"),
                   ("space.kind", self.space.kind in SPACES, ", ".join(SPACES)),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
                   ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "openmoji",

@@ -210,6 +210,10 @@ class Trainer:
         t0, step0, seconds0 = time.perf_counter(), self.step, self.seconds
         try:
             while self.step < cfg.train.steps:
+                if cfg.train.max_seconds and self.dist.any(self.seconds >= cfg.train.max_seconds):
+                    bar.write(f"time budget train.max_seconds = {cfg.train.max_seconds:g} s spent at step {self.step}")
+                    self.save()
+                    break
                 stats = self.train_step()
                 if self.bad_in_row >= cfg.train.max_bad_steps:
                     latest = self.ckpt_dir / "latest.safetensors"

@@ -28,6 +28,7 @@ from .layers import noise_embedding as noise_embedding_layer
 DIT_SIZES: dict[str, dict] = {
     "T": dict(depth=4, width=128, heads=2),     # tiny, for tests
     "XS": dict(depth=6, width=256, heads=4),
+    "M": dict(depth=12, width=256, heads=4),    # DiT-S depth at 2/3 its width: sized for a CPU
     "S": dict(depth=12, width=384, heads=6),    # DiT-S
     "B": dict(depth=12, width=768, heads=12),   # DiT-B
 }

@@ -7,6 +7,9 @@
 - Super-resolution: x̂₀ ← x̂₀ - U(A x̂₀) + U(y), with A the f×f average pooling and U nearest
   up-sampling: the low frequencies come from the input, the details from the model (ILVR, Choi et al.
   2021; the DDRM projection, Kawar et al. 2022, for this A). A x̂₀ = y holds exactly, since A U = I.
+- In a latent space a pixel constraint is applied through the autoencoder: x̂₀ ← E(P(D(x̂₀))) with P the
+  pixel projection (as latent-space guidance methods decode the estimate, e.g. Rout et al. 2023); the final
+  image is projected once more in pixels, so the stated guarantee holds exactly for what is returned.
 """
 
 from __future__ import annotations
@@ -60,5 +63,25 @@ class UpscaleDenoiser(Denoiser):
         self.low_up = upsample(low, factor)
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        x0 = self.inner(x, sigma, cond).clamp(-1, 1)
-        return x0 - upsample(downsample(x0, self.factor), self.factor) + self.low_up
+        return match_low(self.inner(x, sigma, cond).clamp(-1, 1), self.low_up, self.factor)
+
+
+def match_low(x0: Tensor, low_up: Tensor, factor: int) -> Tensor:
+    """The image nearest ``x0`` whose f×f average is the low-resolution input (``low_up`` = U(y))."""
+    return x0 - upsample(downsample(x0, factor), factor) + low_up
+
+
+class DecodedProjectionDenoiser(Denoiser):
+    """A latent model's D with a pixel-space projection applied through the autoencoder: E(P(D(x̂₀)))."""
+
+    def __init__(self, inner: nn.Module, space: Any, project: Any):
+        super().__init__()
+        self.inner, self.space, self.project = inner, space, project
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        return self.space.encode(self.project(self.space.decode(self.inner(x, sigma, cond))))
+
+
+def latent_mask(known: Tensor, factor: int) -> Tensor:
+    """Known pixels (1, 1, H, W) → known latent cells (1, 1, H/f, W/f): a cell is known when all its pixels are."""
+    return -F.max_pool2d(-known, factor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -14,7 +15,9 @@ from ..errors import UndiffuseError
 from ..models import LoadedModel, build_schedule, sigma_range
 from ..process import sigmas_karras
 from ..sampling import SampleRequest, cond_for, guided_denoiser, request_sigmas
-from .consistency import InpaintDenoiser, UpscaleDenoiser, downsample, upsample
+from .consistency import (DecodedProjectionDenoiser, InpaintDenoiser, UpscaleDenoiser, downsample, latent_mask,
+                          match_low,
+                          upsample)
 
 
 def _check_image(model: LoadedModel, image: Tensor, size: int | None = None, what: str = "image") -> Tensor:
@@ -47,17 +50,21 @@ def _grid_from(model: LoadedModel, sigma_start: float, steps: int) -> Tensor:
 
 def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
          wrap=lambda d: d) -> Tensor:
-    """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε."""
+    """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε.
+    ``start`` is in the model's space (latents for a latent model); the result is decoded to images."""
     denoiser, labels, text = guided_denoiser(model, req)
     denoiser = wrap(denoiser)
     sigmas = request_sigmas(model, req) if sigma_start is None else _grid_from(model, sigma_start, req.steps)
-    cfg = model.config
-    shape = (req.n, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    shape = (req.n, *model.space.shape)
     gens = samplers.make_generators([req.seed + i for i in range(req.n)])
     noise = samplers.randn(shape, gens)
     x = noise * float(sigmas[0]) if start is None else start.expand(shape) + float(sigmas[0]) * noise
-    return samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)),
-                                     generator=gens)
+    return model.space.decode(samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)),
+                                                        generator=gens))
+
+
+def _latent(model: LoadedModel) -> bool:
+    return model.space.kind == "latent"
 
 
 @torch.no_grad()
@@ -68,7 +75,13 @@ def inpaint(model: LoadedModel, image: Tensor, mask: Tensor, req: SampleRequest,
         raise UndiffuseError(f"the mask is {tuple(mask.shape[-2:])}, the image {tuple(image.shape[-2:])}")
     known = (mask.reshape(1, 1, *mask.shape[-2:]) < 0.5).float()
     g = torch.Generator().manual_seed(req.seed + 1_000_003)
-    return _run(model, req, None, None, lambda d: InpaintDenoiser(d, image, known, resample, g))
+    if not _latent(model):
+        return _run(model, req, None, None, lambda d: InpaintDenoiser(d, image, known, resample, g))
+    # latent: the known latent cells (all their pixels known) are written into x̂₀; after decoding, the known
+    # pixels are pasted back, so they are kept exactly here too
+    cells = latent_mask(known, model.space.factor)
+    out = _run(model, req, None, None, lambda d: InpaintDenoiser(d, model.space.encode(image), cells, resample, g))
+    return known * image + (1 - known) * out
 
 
 @torch.no_grad()
@@ -80,16 +93,21 @@ def upscale(model: LoadedModel, low: Tensor, factor: int, req: SampleRequest, st
     if size % factor:
         raise UndiffuseError(f"the model's size {size} is not divisible by {factor}")
     low = _check_image(model, low, size // factor, "low-resolution image")
-    start = None if strength >= 1 else upsample(low, factor)
+    start = None if strength >= 1 else model.space.encode(upsample(low, factor))
     sigma = None if strength >= 1 else sigma_at_strength(model, strength)
-    return _run(model, req, start, sigma, lambda d: UpscaleDenoiser(d, low, factor))
+    if not _latent(model):
+        return _run(model, req, start, sigma, lambda d: UpscaleDenoiser(d, low, factor))
+    # latent: the projection acts on the decoded estimate at every step, and once more on the final image
+    projection = partial(match_low, low_up=upsample(low, factor), factor=factor)
+    out = _run(model, req, start, sigma, lambda d: DecodedProjectionDenoiser(d, model.space, projection))
+    return projection(out)
 
 
 @torch.no_grad()
 def edit(model: LoadedModel, image: Tensor, req: SampleRequest, strength: float = 0.6) -> Tensor:
     """SDEdit: noise ``image`` to the σ at ``strength`` and denoise it, towards a class or prompt if given."""
     image = _check_image(model, image)
-    return _run(model, req, image, sigma_at_strength(model, strength))
+    return _run(model, req, model.space.encode(image), sigma_at_strength(model, strength))
 
 
 def estimate_noise_sigma(image: Tensor) -> float:
@@ -108,6 +126,9 @@ def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float 
     """Remove Gaussian noise of σ (estimated when None): a noisy image is x = x₀ + σ ε, the sampler's own
     state at σ, so the reverse process starts right there. Returns (image, σ used)."""
     noisy = _check_image(model, noisy)
+    if _latent(model):
+        raise UndiffuseError(f"denoise runs in pixel space (a noisy image is the sampler's state at σ only there); "
+                             f"{model.source} is a latent model: use a pixel-space model, or edit for a latent one")
     sigma = estimate_noise_sigma(noisy[0]) if sigma is None else float(sigma)
     if not sigma > 0:
         raise UndiffuseError(f"the noise level must be positive, got {sigma}")
