@@ -135,3 +135,24 @@ def test_tasks_on_a_latent_model_keep_their_guarantees(latent_root, tmp_path):
     assert edited.shape == (2, 1, 16, 16) and torch.isfinite(edited).all()
     with pytest.raises(UndiffuseError, match="denoise runs in pixel space"):
         denoise(model, image, SampleRequest(n=1, steps=4))
+
+
+def test_explain_page_of_a_latent_dit_has_the_latent_section(latent_root, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from undiffuse.explain.build import build_explainer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(latent_root / "data"))
+        run = train(latent_config(tmp_path / "run", latent_root / "ae", "dit", "train.sample_every=0"),
+                    progress=False)
+        page = build_explainer(str(run), out=tmp_path / "page", physics_seconds=1, progress=False)
+    html = page.read_text()
+    assert '<section id="latent">' in html and "Undoing the noise with a transformer" in html
+    for name in ("latent.png", "latent-reverse.png", "frames/reverse_000.png"):
+        with Image.open(page.parent / name) as im:
+            im.load()
+    numbers = json.loads((page.parent / "explain.json").read_text())["latent"]
+    assert numbers["latent_shape"] == [2, 8, 8] and numbers["compression"] == 2
+    assert numbers["psnr_db"] > 15

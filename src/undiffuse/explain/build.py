@@ -18,7 +18,7 @@ from ..images import make_grid, save_png, to_uint8
 from ..models import LoadedModel, load_model
 from ..plots import save_figure
 from ..process import DiscreteSchedule
-from . import forward, physics, reverse
+from . import forward, latent, physics, reverse
 from .page import Picture, Section, Slider, render
 
 DISPLAY = 96           # pixels of the forward-process pictures
@@ -177,21 +177,31 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                        "left x<sub>t</sub>, middle x̂<sub>0</sub>, right ε̂."),
                 Picture("reverse.gif", "The reverse process as an animation: noise becomes an image.", pixels=True)]
     if hasattr(net, "down") and hasattr(net, "up"):
-        stages = reverse.unet_stages(net, (channels, size, size))
+        stages = reverse.unet_stages(net, m.space.shape)
         n_params = sum(p.numel() for p in net.parameters())
         pictures.append(Picture(_fig(out, "unet.png", reverse.plot_unet(stages, n_params), params),
                                 "The shape of the network, read from the model itself."))
         numbers["unet"] = {"parameters": n_params, "stages": [[s.name, list(s.shape)] for s in stages]}
-    sections.append(Section("unet", "Undoing the noise with a U-Net", [
-        "The network gets a noisy image x<sub>t</sub> and its noise level σ (and, here, a class) and "
+    dit = m.config.model.backbone == "dit"
+    sections.append(Section("unet", f"Undoing the noise with a {'transformer' if dit else 'U-Net'}", [
+        "The network gets a noisy image x<sub>t</sub> and its noise level σ (and, here, a class or prompt) and "
         "estimates the clean image x̂<sub>0</sub>; equivalently the noise ε̂ = (x<sub>t</sub> - "
         "x̂<sub>0</sub>)/σ in it. At high noise the estimate is a blurry average of everything the image "
         "could be; the sampler moves x<sub>t</sub> a little towards it, the noise drops, and the next "
         "estimate is sharper. Fifty such steps of DDIM turn noise into an image.",
-        "The network is a U-Net: convolutions at full resolution, down-sampling to coarser grids where "
-        "attention can see the whole image, and back up, with skip connections carrying the fine detail "
-        "across. The noise level enters every residual block by scale and shift."], pictures))
+        ("The network is a diffusion transformer (DiT, Peebles &amp; Xie 2023): the input is cut into "
+         f"{m.config.model.patch_size}×{m.config.model.patch_size} patches, each a token with its position; "
+         "every block lets all tokens attend to each other (and to the prompt's tokens), and the noise level "
+         "scales and shifts each block's normalised input (adaLN-Zero). The tokens are put back together into "
+         "the estimate.") if dit else
+        ("The network is a U-Net: convolutions at full resolution, down-sampling to coarser grids where "
+         "attention can see the whole image, and back up, with skip connections carrying the fine detail "
+         "across. The noise level enters every residual block by scale and shift.")], pictures))
     steps.update()
+
+    if m.space.kind == "latent":  # 4b. the latent space ----------------------------------------------------
+        sections.append(_latent_section(m, train[0] if train is not None else path.final, path, out, params,
+                                        numbers))
 
     # 5. new images ----------------------------------------------------------------------------
     seeds = list(range(seed, seed + 8))
@@ -256,6 +266,31 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                   f"Made by undiffuse explain in {numbers['seconds']:.0f} s.")
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
+
+
+def _latent_section(m: LoadedModel, image: Tensor, path: reverse.ReversePath, out: Path, params: dict,
+                    numbers: dict) -> Section:
+    """An image, its latent channels and its decoding; the reverse process seen through the decoder."""
+    view = latent.latent_view(m, image)
+    numbers["latent"] = info = latent.latent_numbers(view)
+    fig = latent.plot_decoded_reverse(path.sigmas, path.x, path.x0_hat, path.final)
+    c, h, w = info["latent_shape"]
+    return Section("latent", "Diffusion in a latent space", [
+        "This model does not diffuse pixels. An autoencoder, trained first on the same images, codes each "
+        f"{image.shape[-1]}×{image.shape[-2]} image as {c} maps of {h}×{w} numbers: {info['latent_values']:,} "
+        f"values instead of {info['pixels']:,} ({info['compression']:.0f}× fewer), and decodes them back. The "
+        f"latents are multiplied by a scale factor ({info['scale']:.3f}, measured on the training images) so that "
+        "they have unit variance, as pixels in [-1, 1] roughly do; then the forward and reverse processes run on "
+        "them exactly as on pixels (Rombach et al. 2022). The network works on a grid "
+        f"{image.shape[-1] // w}× smaller in each direction, which makes every step cheaper.",
+        f"Below: an image, its {c} latent channels (blue negative, red positive), and what the decoder makes of "
+        f"them (PSNR {info['psnr_db']:.1f} dB against the image). Then the reverse process of the section above, "
+        "seen through the decoder: each latent state x<sub>t</sub> and each estimate x̂<sub>0</sub> decoded to "
+        "an image. Only the last one is decoded when sampling."],
+        [Picture(_fig(out, "latent.png", latent.plot_latent(view), params),
+                 "An image, its latent channels, and the decoded image."),
+         Picture(_fig(out, "latent-reverse.png", fig, params),
+                 "The reverse process in the latent space, decoded at a few of its steps.")])
 
 
 def _class_text(m: LoadedModel, label: int | None) -> str:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..data.training import load_training_data
 from ..errors import UndiffuseError
 from ..evaluation.nearest import nearest_neighbours
+from .latent import decoded_path
 from ..models import LoadedModel
 from ..sampling import SampleRequest, generate
 
@@ -35,23 +36,33 @@ class ReversePath:
     x0_hat: Tensor  # (K, C, H, W)
     eps_hat: Tensor  # (K, C, H, W)
     final: Tensor   # (C, H, W)
+    latent: tuple | None = None  # a latent model's own (σ's, x, x̂₀) in its latent space
 
 
 def reverse_path(model: LoadedModel, req: SampleRequest) -> ReversePath:
     """Run one sample and record, at every step, x/√(1+σ²) (what the DDPM chain would hold), the
-    network's x̂₀ and its noise estimate ε̂ = (x - x̂₀)/σ."""
+    network's x̂₀ and its noise estimate ε̂ = (x - x̂₀)/σ; for a latent model x and x̂₀ decoded to images."""
     rec: dict[str, list] = {"sigma": [], "x": [], "x0": [], "eps": []}
 
     def record(i: int, sigma: float, x: Tensor, x0_hat: Tensor) -> None:
         s = float(torch.as_tensor(sigma).flatten()[0])
         rec["sigma"].append(s)
-        rec["x"].append(x[0] / (1 + s * s) ** 0.5)
+        rec["x"].append(x[0])
         rec["x0"].append(x0_hat[0])
         rec["eps"].append((x[0] - x0_hat[0]) / s)
 
     images, _ = generate(model, replace(req, n=1), progress=False, callback=record)
-    return ReversePath(rec["sigma"], torch.stack(rec["x"]), torch.stack(rec["x0"]), torch.stack(rec["eps"]),
-                       images[0])
+    x, x0, eps = torch.stack(rec["x"]), torch.stack(rec["x0"]), torch.stack(rec["eps"])
+    latent = None
+    if model.space.kind == "latent":  # seen through the decoder; ε̂: its first C latent channels, enlarged
+        latent = (rec["sigma"], x, x0)
+        x, x0 = decoded_path(model, rec["sigma"], x, x0)
+        c, f = model.space.image_channels, model.space.factor
+        eps = torch.nn.functional.interpolate(eps[:, :c], scale_factor=f, mode="nearest")
+    else:
+        s = torch.tensor(rec["sigma"], dtype=torch.float32).reshape(-1, 1, 1, 1)
+        x = x / (1 + s * s).sqrt()
+    return ReversePath(rec["sigma"], x, x0, eps, images[0], latent)
 
 
 def plot_reverse_strip(path: ReversePath, columns: int = 8) -> Figure:
