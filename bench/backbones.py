@@ -54,7 +54,7 @@ SETS: dict[str, dict[str, tuple[str, list[str], tuple[int, int, int]]]] = {
                                 (4, 8, 8)),
     },
     "emoji-text": {
-        "unet (pixels 64×64)": ("emoji-text", ["data.image_size=64"], (3, 64, 64)),
+        "unet (pixels 64×64)": ("emoji-text", ["data.image_size=64", "model.channel_mult=[1, 2, 2, 2]"], (3, 64, 64)),
         "unet (latent 4×16×16)": ("emoji-text", ["data.image_size=64", "model.channel_mult=[2, 3]",
                                                  "model.attention_resolutions=[8]"], (4, 16, 16)),
         "dit-XS/2 (latent 4×16×16)": ("emoji-text", ["model.backbone='dit'", "model.dit_size='XS'",

@@ -6,7 +6,13 @@ caption. Each generated image is compared with all training emoji (pixel L2 at t
 - caption similarity: cosine, in the text encoder's space, between the prompt and the main caption of
   the nearest training image, against the same for a random training image (the floor) and for
   the prompt's own image (1.0, the ceiling).
-It also draws a grid for prompts that are not emoji names (``--free``).
+Colour words: for prompts "a red …", "a green …", "a yellow …", "a blue …" with objects whose phrase is in no
+caption (checked and printed), ``--colour-seeds`` samples each; the colour drawn is the hue of the mean colour
+of the non-background pixels (``undiffuse.evaluation.colour``), and a prompt is followed when it is the colour
+asked for. It also draws a grid for prompts that are not emoji names (``--free-grid``).
+
+The retrieval pool is Twemoji at the model's size (3 786 images, as for the first shipped model), whatever else
+the model trained on, so figures stay comparable across models.
 
     .venv/bin/python bench/text_model.py --model emoji --prompts 100
 """
@@ -21,11 +27,14 @@ from pathlib import Path
 import torch
 
 from undiffuse.data.emoji import load_emoji
+from undiffuse.evaluation.colour import drawn_colours
 from undiffuse.evaluation.nearest import nearest_neighbours
 from undiffuse.images import make_grid, save_png
 from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest, generate
 
+COLOURS = ("red", "green", "yellow", "blue")
+OBJECTS = ("ball", "car", "cup", "star", "hat", "fish", "flower", "balloon", "bird", "umbrella")
 FREE = ["a smiling yellow face with sunglasses", "a green tree", "a red heart", "a blue car", "a slice of pizza",
         "a crying face", "a cat", "the moon at night"]
 
@@ -38,6 +47,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--colour-seeds", type=int, default=4, help="samples per colour prompt (0: skip the colours)")
+    ap.add_argument("--colour-grid", default="")
     ap.add_argument("--free-grid", default="docs/emoji-prompts.png")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -76,6 +87,8 @@ def main() -> None:
     print(f"  caption similarity of the nearest training emoji {sim_nearest:.3f}; "
           f"of a random one {sim_random:.3f}; own caption 1.000")
 
+    colour = colour_words(model, data, args) if args.colour_seeds else {}
+
     free = []
     for prompt in FREE:
         free.append(generate(model, SampleRequest(n=4, seed=0, steps=args.steps, prompt=prompt,
@@ -87,7 +100,33 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"hit1": hit1, "hitk": hitk, "k": args.k, "n_train": n,
                                                "sim_nearest": sim_nearest, "sim_random": sim_random,
-                                               "prompts": len(chosen), "seconds": seconds}, indent=2))
+                                               "prompts": len(chosen), "seconds": seconds, "guidance": args.guidance,
+                                               "steps": args.steps, "colour": colour}, indent=2))
+
+
+def colour_words(model, data, args) -> dict:
+    """The share of samples of "a <colour> <object>" whose drawn colour is the one asked for."""
+    captions = {c.lower() for caps in data.captions for c in caps}
+    prompts = [f"a {c} {o}" for c in COLOURS for o in OBJECTS]
+    in_captions = [p for p in prompts if p.lower() in captions or p[2:].lower() in captions]
+    images = []
+    for p in prompts:
+        images.append(generate(model, SampleRequest(n=args.colour_seeds, seed=0, steps=args.steps, prompt=p,
+                                                    guidance=args.guidance), progress=False)[0])
+    images = torch.stack(images)                                                   # (P, n, 3, H, W)
+    drawn = {p: drawn_colours(row) for p, row in zip(prompts, images, strict=True)}
+    hits = {c: [d == c for p, row in drawn.items() if p.split()[1] == c for d in row] for c in COLOURS}
+    per_colour = {c: sum(h) / len(h) for c, h in hits.items()}
+    followed = sum(per_colour.values()) / len(COLOURS)
+    print(f"  colour words followed in {followed:.1%} of {len(prompts) * args.colour_seeds} samples "
+          f"({', '.join(f'{c} {v:.0%}' for c, v in per_colour.items())}); prompts found in captions: "
+          f"{in_captions or 'none'}")
+    if args.colour_grid:
+        save_png(args.colour_grid, make_grid(images.flatten(0, 1), nrow=len(OBJECTS) * args.colour_seeds // 2),
+                 {"model": args.model, "prompts": prompts, "guidance": args.guidance, "steps": args.steps,
+                  "seeds": f"0-{args.colour_seeds - 1}"}, scale=2)
+    return {"followed": followed, "per_colour": per_colour, "objects": list(OBJECTS), "seeds": args.colour_seeds,
+            "in_captions": in_captions, "drawn": drawn}
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     m = load_model(model) if not isinstance(model, LoadedModel) else model
     if m.config.data.image_size is None or m.meta.get("dim") is not None:
         raise UndiffuseError(f"{m.source} is not an image model; explain needs one (e.g. fashion-mnist)")
-    channels, size = m.config.data.channels, m.config.data.image_size
+    channels = m.config.data.channels
     t_start = time.perf_counter()
     numbers: dict = {"model": m.source}
     steps = tqdm(total=7, desc="explain", unit="section", disable=not progress)
