@@ -189,3 +189,13 @@ def test_bad_inputs_raise():
         text(torch.randn(2, 4, 8, 8), t, torch.tensor([1, 2]))
     with pytest.raises(UndiffuseError, match="needs tokens"):
         text(torch.randn(2, 4, 8, 8), t, text_cond(2, dim=8))
+
+
+def test_short_attention_matches_sdpa_with_and_without_padding():
+    from undiffuse.nets.cpu import attention_fp32, attention_short
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
+    mask = torch.rand(2, 16, generator=g) > 0.3
+    mask[:, 0] = True
+    for m in (None, mask):
+        assert torch.allclose(attention_short(q, k, v, m), attention_fp32(q, k, v, m), atol=1e-5)

@@ -6,8 +6,8 @@ the noise level (and class) by adaLN-Zero, a per-block scale/shift/gate regresse
 conditioning vector and zero-initialised so every block starts as the identity. Text conditioning
 follows PixArt-α (Chen et al. 2023): a cross-attention to the prompt's tokens after each
 self-attention, its output projection zero-initialised too. Same call convention as
-:class:`undiffuse.nets.unet.UNet`; attention runs in fp32 (:func:`undiffuse.nets.cpu.attention_fp32`),
-the linears under bf16 autocast when the caller enables it.
+:class:`undiffuse.nets.unet.UNet`; attention is two batched matmuls with an fp32 softmax
+(:func:`undiffuse.nets.cpu.attention_short`), the linears under bf16 autocast when the caller enables it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import UndiffuseError
 from .blocks import Dropout, zero_
-from .cpu import attention_fp32
+from .cpu import attention_short
 from .layers import LabelEmbedding, check_text_cond
 from .layers import noise_embedding as noise_embedding_layer
 
@@ -80,7 +80,7 @@ class SelfAttention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x)                                                              # (B, N, 3D)
         q, k, v = qkv.reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, h, N, d)
-        a = attention_fp32(q, k, v).to(qkv.dtype)                                      # (B, h, N, d)
+        a = attention_short(q, k, v).to(qkv.dtype)                                     # (B, h, N, d)
         return self.proj(a.transpose(1, 2).reshape(B, N, D))
 
 
@@ -99,7 +99,7 @@ class CrossAttention(nn.Module):
         d = D // self.heads
         q = self.q(x).reshape(B, N, self.heads, d).transpose(1, 2)                     # (B, h, N, d)
         k, v = self.kv(tokens).reshape(B, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # 2 × (B, h, L, d)
-        a = attention_fp32(q, k, v, mask.to(torch.bool)).to(q.dtype)                   # (B, h, N, d)
+        a = attention_short(q, k, v, mask.to(torch.bool)).to(q.dtype)                  # (B, h, N, d)
         return self.proj(a.transpose(1, 2).reshape(B, N, D))
 
 
