@@ -34,7 +34,7 @@ from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest, generate
 
 COLOURS = ("red", "green", "yellow", "blue")
-OBJECTS = ("ball", "car", "cup", "star", "hat", "fish", "flower", "balloon", "bird", "umbrella")
+OBJECTS = ("ball", "kite", "cup", "star", "hat", "fish", "flower", "balloon", "bird", "umbrella")
 FREE = ["a smiling yellow face with sunglasses", "a green tree", "a red heart", "a blue car", "a slice of pizza",
         "a crying face", "a cat", "the moon at night"]
 

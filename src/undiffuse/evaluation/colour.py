@@ -12,8 +12,9 @@ import colorsys
 import torch
 from torch import Tensor
 
-# hue in degrees of each colour word (HSV), the nearest one wins
-HUES = {"red": 0.0, "orange": 30.0, "yellow": 55.0, "green": 120.0, "blue": 225.0, "purple": 280.0}
+# hue in degrees of each colour word (HSV), the nearest one wins. No "orange": emoji yellows (Twemoji's face 43°,
+# star 36°) and oranges (orange heart 33°) overlap in hue, so hues up to 25° count as red and 25-85° as yellow.
+HUES = {"red": 0.0, "yellow": 50.0, "green": 120.0, "blue": 220.0, "purple": 285.0}
 
 
 def mean_foreground_colour(images: Tensor, background_threshold: float = 0.15) -> Tensor:
