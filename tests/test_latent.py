@@ -98,6 +98,15 @@ def test_latent_model_trains_samples_and_decodes(latent_root, backbone, tmp_path
                               callback=lambda i, s, x, x0: previews.append(model.space.decode(x0)))
     assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1 and labels.tolist() == [7, 7, 7]
     assert len(previews) == 4 and previews[0].shape == (3, 1, 16, 16)
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    r = CliRunner().invoke(app, ["sample", str(run), "--n", "2", "--steps", "3", "--class", "4", "--out",
+                                 str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "out" / "0000_seed0_4.png") as im:
+        assert im.size == (16, 16)
 
 
 def test_every_sampler_runs_on_a_latent_model_that_carries_its_autoencoder(latent_root, tmp_path):

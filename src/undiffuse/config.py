@@ -159,6 +159,9 @@ class Config:
                                  "when space.kind = 'latent'")
         if self.space.kind == "latent" and self.model.backbone in ("autoencoder", "mlp"):
             raise UndiffuseError(f"model.backbone = {self.model.backbone!r} cannot run in a latent space")
+        if self.data.name == "toy" and (self.model.backbone != "mlp" or self.space.kind != "pixels"):
+            raise UndiffuseError(f"2-D toy data trains model.backbone = 'mlp' in pixel space, got "
+                                 f"{self.model.backbone!r} in {self.space.kind!r}")
         if self.model.backbone == "dit":
             from .nets.dit import dit_size
             dit_size(self.model.dit_size)
