@@ -4,9 +4,10 @@
         --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
 
 Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part
-of its latest checkpoint; a latent model's autoencoder with it), its floating-point tensors in bf16 (sampling runs
-the network in bf16 anyway; loading casts them back to fp32), and config.json: the resolved config, class names, steps, training time,
-hardware and the command, so that ``undiffuse sample NAME`` finds it and anyone can re-make it.
+of its latest checkpoint; a latent model's autoencoder with it), its floating-point tensors in bf16 (sampling
+runs the network in bf16 anyway; loading casts them back to fp32), and config.json: the resolved config, class
+names, steps, training time, hardware and the command, so that ``undiffuse sample NAME`` finds it and anyone
+can re-make it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from undiffuse.data import emoji, openmoji, tuxpaint
 from undiffuse.checkpoint import group, load_checkpoint, prefixed, save_checkpoint
-from undiffuse.models import PRETRAINED_DIR
+from undiffuse.model_files import PRETRAINED_DIR
 
 
 DATA = {"fashion_mnist": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian's dataset-fashion-mnist",

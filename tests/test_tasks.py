@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from undiffuse import samplers
 from undiffuse.cli import app, main
-from undiffuse.models import load_model, shipped_models
+from undiffuse.model_files import shipped_models
+from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest
 from undiffuse.tasks import denoise, downsample, edit, estimate_noise_sigma, inpaint, upscale
 

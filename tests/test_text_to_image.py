@@ -78,7 +78,7 @@ def test_class_model_refuses_a_prompt(tmp_path):
 
 
 def test_shipped_text_model_generates():
-    from undiffuse.models import shipped_models
+    from undiffuse.model_files import shipped_models
     from undiffuse.sampling import SampleRequest, generate
     assert "emoji" in shipped_models()
     model = load_model("emoji")

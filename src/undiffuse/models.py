@@ -15,10 +15,8 @@ from .checkpoint import group, load_checkpoint, load_module_state
 from .config import Config, config_from_json
 from .denoiser import Denoiser, EDMDenoiser, VPDenoiser
 from .errors import UndiffuseError
+from .model_files import resolve_model_path
 from .spaces import PixelSpace, Space, build_autoencoder, load_autoencoder
-
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-
 
 def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
     """The discrete VP chain of a VP model (None for EDM, which is continuous in σ)."""
@@ -135,35 +133,6 @@ class LoadedModel:
                sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
         """A sampling grid for this model: :func:`config_sigmas` of its config."""
         return config_sigmas(self.config, steps, grid, sigma_min, sigma_max, rho)
-
-
-def shipped_models() -> list[str]:
-    """Names of the diffusion models shipped in the package (not the evaluation classifiers)."""
-    names = []
-    for d in sorted(PRETRAINED_DIR.iterdir()) if PRETRAINED_DIR.is_dir() else []:
-        side = d / "config.json"
-        if (d / "model.safetensors").is_file() and side.is_file() and "diffusion" in \
-                json.loads(side.read_text()).get("config", {}):
-            names.append(d.name)
-    return names
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    """A run folder, a checkpoint / model file, or the name of a shipped model → a file to load."""
-    p = Path(model)
-    if p.is_dir():
-        for candidate in (p / "model.safetensors", p / "checkpoints" / "latest.safetensors"):
-            if candidate.is_file():
-                return candidate
-        raise UndiffuseError(f"{p} holds no model.safetensors or checkpoints/latest.safetensors")
-    if p.is_file():
-        return p
-    shipped = PRETRAINED_DIR / str(model) / "model.safetensors"
-    if shipped.is_file():
-        return shipped
-    names = shipped_models()
-    raise UndiffuseError(f"no model {str(model)!r}: not a run folder, a file, or a shipped model "
-                         f"(shipped: {', '.join(names) or 'none'})")
 
 
 def load_model(model: str | Path) -> LoadedModel:

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..checkpoint import group, load_checkpoint, load_module_state, prefixed
 from ..config import Config, config_from_json, to_dict
 from ..errors import UndiffuseError
+from ..model_files import resolve_model_path
 from ..nets.autoencoder import Autoencoder
 
 
@@ -111,8 +112,6 @@ def latent_space_from(tensors: dict[str, Tensor], meta: dict[str, Any], what: st
 
 def load_autoencoder(source: str) -> LatentSpace:
     """A trained autoencoder (run folder, model file or shipped name) as a latent space."""
-    from ..models import resolve_model_path
-
     path = resolve_model_path(source)
     tensors, meta = load_checkpoint(path)
     if "config" not in meta:
