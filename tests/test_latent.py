@@ -165,3 +165,19 @@ def test_explain_page_of_a_latent_dit_has_the_latent_section(latent_root, tmp_pa
     numbers = json.loads((page.parent / "explain.json").read_text())["latent"]
     assert numbers["latent_shape"] == [2, 8, 8] and numbers["compression"] == 2
     assert numbers["psnr_db"] > 15
+
+
+def test_evaluate_runs_on_a_latent_model_and_refuses_its_likelihood(tmp_path):
+    from undiffuse.evaluation.evaluate import EvalSettings, evaluate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_DATA", str(tmp_path / "data"))
+        ae = train(ae_config(tmp_path / "ae", "data.image_size=32", "data.limit=256", "train.steps=20",
+                             "train.checkpoint_every=20", "model.channel_mult=[1, 2, 2]"), progress=False)
+        run = train(latent_config(tmp_path / "run", ae, "dit", "data.image_size=32", "data.limit=256",
+                                  "train.sample_every=0"), progress=False)
+    model = load_model(run)
+    assert model.space.shape == (2, 8, 8)
+    ev = evaluate(model, EvalSettings(samplers=["ddim"], steps=[3], n=16, features="classifier"), progress=False)
+    assert ev.rows[0].nfe == 3 and ev.rows[0].scores.fid > 0
+    with pytest.raises(UndiffuseError, match="likelihood would be that of latents"):
+        evaluate(model, EvalSettings(samplers=["ddim"], steps=[3], n=16, likelihood=4), progress=False)

@@ -127,6 +127,9 @@ def _check(model: LoadedModel, settings: EvalSettings) -> None:
                              "class-conditional image models (bench/text_model.py scores text models)")
     if model.meta.get("dim"):
         raise UndiffuseError(f"{model.source} is a {model.meta['dim']}-D point model: evaluate measures image models")
+    if settings.likelihood and model.space.kind == "latent":
+        raise UndiffuseError(f"{model.source} diffuses in a latent space: its likelihood would be that of latents, "
+                             "not of images (bits/dim are measured for pixel-space models only)")
     if settings.likelihood < 0 or settings.vlb_timesteps < 0 or not 0 < settings.ode_rtol < 1:
         raise UndiffuseError("likelihood and vlb_timesteps must be ≥ 0 and ode_rtol in (0, 1)")
     if settings.n < 2 * settings.k + 2:
