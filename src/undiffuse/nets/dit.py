@@ -68,7 +68,7 @@ def layer_norm(width: int) -> nn.LayerNorm:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the tokens, q, k, v from one Linear; the product in fp32."""
+    """Multi-head self-attention over the tokens, q, k, v from one Linear; the softmax in fp32."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
