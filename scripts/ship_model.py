@@ -61,6 +61,11 @@ def main() -> None:
     if not args.fp32:
         weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
+    if "autoencoder" in meta:  # a latent model carries its autoencoder: name it as its recipe does, not by a path
+        name = meta["autoencoder"]["config"]["name"]
+        meta["config"]["space"]["autoencoder"] = f"runs/{name}"
+        meta["autoencoder"]["source"] = name
+        meta["autoencoder"]["config"]["out_dir"] = ""
     # the run may have been stopped at a checkpoint: the model is the recipe run for that many steps
     # (exactly so with the constant learning rate after warm-up)
     meta["config"]["train"]["steps"] = meta["step"]

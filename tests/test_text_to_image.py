@@ -85,3 +85,13 @@ def test_shipped_text_model_generates():
     assert model.text_conditioned and model.config.data.image_size == 32
     images, _ = generate(model, SampleRequest(n=2, steps=3, prompt="a red heart", guidance=3.0), progress=False)
     assert images.shape == (2, 3, 32, 32) and bool(torch.isfinite(images).all())
+
+
+def test_shipped_latent_dit_text_model_generates():
+    from undiffuse.model_files import shipped_models
+    from undiffuse.sampling import SampleRequest, generate
+    assert "emoji-dit" in shipped_models()
+    model = load_model("emoji-dit")
+    assert model.text_conditioned and model.space.kind == "latent" and model.config.model.backbone == "dit"
+    images, _ = generate(model, SampleRequest(n=2, steps=3, prompt="a red heart", guidance=3.0), progress=False)
+    assert images.shape == (2, 3, 64, 64) and bool(torch.isfinite(images).all())
