@@ -124,7 +124,7 @@ def colour_words(model, data, args) -> dict:
     if args.colour_grid:
         save_png(args.colour_grid, make_grid(images.flatten(0, 1), nrow=len(OBJECTS) * args.colour_seeds // 2),
                  {"model": args.model, "prompts": prompts, "guidance": args.guidance, "steps": args.steps,
-                  "seeds": f"0-{args.colour_seeds - 1}"}, scale=2)
+                  "seeds": f"0-{args.colour_seeds - 1}"}, scale=1)
     return {"followed": followed, "per_colour": per_colour, "objects": list(OBJECTS), "seeds": args.colour_seeds,
             "in_captions": in_captions, "drawn": drawn}
 
