@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..models import LoadedModel
 from ..nets.autoencoder import psnr
+from .reverse import _show
 
 
 @dataclass
@@ -29,13 +29,6 @@ def latent_view(model: LoadedModel, image: Tensor) -> LatentView:
     z = space.encode(image[None])[0]
     back = space.decode(z[None])[0]
     return LatentView(image, z, back, float(psnr(back[None], image[None])[0]), space.scale)
-
-
-def _show(ax, img: Tensor, lo: float = -1.0, hi: float = 1.0, cmap: str = "gray") -> None:
-    a = np.clip((img.float().permute(1, 2, 0).numpy() - lo) / (hi - lo), 0, 1)
-    ax.imshow(a[..., 0] if a.shape[2] == 1 else a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_latent(view: LatentView) -> Figure:
@@ -76,9 +69,3 @@ def latent_numbers(view: LatentView) -> dict:
     return {"latent_shape": list(z.shape), "pixels": view.image.numel(), "latent_values": z.numel(),
             "compression": view.image.numel() / z.numel(), "scale": view.scale, "psnr_db": view.psnr,
             "latent_std": float(z.std()), "latent_mean": float(z.mean())}
-
-
-def decoded_path(model: LoadedModel, sigmas: list[float], x: Tensor, x0_hat: Tensor) -> tuple[Tensor, Tensor]:
-    """Decode a recorded latent reverse path: the states x (in σ-form, shown at VP scale) and the estimates x̂₀."""
-    s = torch.tensor(sigmas, dtype=torch.float32).reshape(-1, 1, 1, 1)
-    return model.space.decode(x / (1 + s * s).sqrt()), model.space.decode(x0_hat)

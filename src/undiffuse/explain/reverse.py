@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from ..data.training import load_training_data
 from ..errors import UndiffuseError
 from ..evaluation.nearest import nearest_neighbours
-from .latent import decoded_path
 from ..models import LoadedModel
 from ..sampling import SampleRequest, generate
 
@@ -65,6 +64,12 @@ def reverse_path(model: LoadedModel, req: SampleRequest) -> ReversePath:
     return ReversePath(rec["sigma"], x, x0, eps, images[0], latent)
 
 
+def decoded_path(model: LoadedModel, sigmas: list[float], x: Tensor, x0_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """Decode a recorded latent reverse path: the states x (in σ-form, shown at VP scale) and the estimates x̂₀."""
+    s = torch.tensor(sigmas, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    return model.space.decode(x / (1 + s * s).sqrt()), model.space.decode(x0_hat)
+
+
 def plot_reverse_strip(path: ReversePath, columns: int = 8) -> Figure:
     """Rows x_t, x̂₀ and ε̂ at ``columns`` steps spread over the reverse process, then the sample."""
     k = len(path.sigmas)
@@ -84,10 +89,10 @@ def plot_reverse_strip(path: ReversePath, columns: int = 8) -> Figure:
     return fig
 
 
-def _show(ax, img: Tensor, lo: float, hi: float) -> None:
+def _show(ax, img: Tensor, lo: float = -1.0, hi: float = 1.0, cmap: str = "gray") -> None:
     a = img.float().permute(1, 2, 0).numpy()
     a = np.clip((a - lo) / (hi - lo), 0, 1)
-    ax.imshow(a[..., 0] if a.shape[2] == 1 else a, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(a[..., 0] if a.shape[2] == 1 else a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
