@@ -4,13 +4,18 @@ Run by hand (not in CI), from the repository root:
 
     .venv/bin/python bench/backbones.py speed --set fashion-mnist --rounds 8
     .venv/bin/python bench/backbones.py speed --set emoji-text --rounds 6
-    .venv/bin/python bench/backbones.py quality --seconds 600 --autoencoder ~/runs/fashion-mnist-autoencoder
+    .venv/bin/python bench/backbones.py quality --seconds 480 --autoencoder ~/runs/fashion-mnist-autoencoder
+    .venv/bin/python bench/backbones.py text --seconds 720 --autoencoder ~/runs/emoji-autoencoder
 
 ``speed``: one training step = forward + the recipe's loss + backward + fused AdamW under bf16 autocast, on a
 fixed random batch of the space's shape (a latent contender sees latents: encoding is done once, before training,
 and costs nothing per step). Contenders are interleaved one step at a time, round after round, after 2 warm-up
 steps each; the figure is the median. Model FLOPs: ``FlopCounterMode`` on one forward (×3 for a training step);
 the fraction is of the best bf16 GEMM measured in the same run (``peers.gemm_peak``).
+
+``text``: cross (PixArt-α) vs joint (SD3) attention to the prompt, the emoji-dit recipe with colour captions
+trained from scratch for the same wall time each, scored by bench/text_model.py (hit@k, caption similarity,
+colour words).
 
 ``quality``: each contender trains from its recipe for the same wall time (``train.max_seconds``), one after the
 other, alone on the cores; then ``undiffuse evaluate`` scores it (classifier features: FD and the shipped
@@ -32,6 +37,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from undiffuse.checkpoint import load_checkpoint
 from undiffuse.config import load_config
 from undiffuse.losses import denoising_loss
 from undiffuse.models import build_denoiser, build_net, build_schedule, training_sigmas
@@ -59,6 +65,9 @@ SETS: dict[str, dict[str, tuple[str, list[str], tuple[int, int, int]]]] = {
                                                  "model.attention_resolutions=[8]"], (4, 16, 16)),
         "dit-XS/2 (latent 4×16×16)": ("emoji-text", ["model.backbone='dit'", "model.dit_size='XS'",
                                                      "model.patch_size=2", "model.dropout=0.0"], (4, 16, 16)),
+        "dit-XS/2 joint (latent 4×16×16)": ("emoji-text", ["model.backbone='dit'", "model.dit_size='XS'",
+                                                           "model.patch_size=2", "model.dropout=0.0",
+                                                           "model.text_attention='joint'"], (4, 16, 16)),
         "dit-M/2 (latent 4×16×16)": ("emoji-text", ["model.backbone='dit'", "model.dit_size='M'",
                                                     "model.patch_size=2", "model.dropout=0.0"], (4, 16, 16)),
         "dit-S/2 (latent 4×16×16)": ("emoji-text", ["model.backbone='dit'", "model.dit_size='S'",
@@ -166,6 +175,41 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": args.seconds, "n": args.n, "rows": rows}
 
 
+TEXT_ATTENTION = {"cross (PixArt-α)": "cross", "joint (SD3 MM-DiT)": "joint"}
+
+
+def text_attention(args: argparse.Namespace) -> dict[str, Any]:
+    """Cross vs joint attention to the prompt: the emoji-dit recipe (DiT-XS/2, latent, with the colour captions of
+    stage 2) trained from scratch for the same wall time each, then scored by bench/text_model.py."""
+    out = Path(args.out)
+    rows = {}
+    for name, kind in TEXT_ATTENTION.items():
+        run = out / f"text-{kind}"
+        sets = [f"model.text_attention='{kind}'", "data.recolour=1", f"out_dir='{run}'",
+                f"space.autoencoder='{args.autoencoder}'", f"train.max_seconds={args.seconds}", "train.steps=1000000",
+                "train.sample_every=0", "train.checkpoint_every=500"]
+        cmd = [sys.executable, "-m", "undiffuse", "train", str(ROOT / "configs" / "emoji-dit.toml"), "--no-progress"]
+        for s in sets:
+            cmd += ["--set", s]
+        subprocess.run(cmd, check=True)
+        report = run / "text_model.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "text_model.py"), "--model", str(run), "--prompts",
+                        str(args.prompts), "--colour-seeds", "2", "--free-grid", str(run / "free.png"),
+                        "--json", str(report)], check=True)
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+        params = sum(v.numel() for k, v in load_checkpoint(run / "model.safetensors")[0].items()
+                     if k.startswith("ema."))
+        rows[name] = {"steps": log[-1]["step"], "img_per_s": log[-1]["img_per_s"], "params": params,
+                      **json.loads(report.read_text())}
+    print(f"\ntext attention, {args.seconds:.0f} s of training each, {args.prompts} prompts\n")
+    print("| attention | params | steps | img/s | hit@1 | hit@10 | caption sim | colour words |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['params'] / 1e6:.1f} M | {r['steps']} | {r['img_per_s']:.1f} | {100 * r['hit1']:.0f} % | "
+              f"{100 * r['hitk']:.0f} % | {r['sim_nearest']:.3f} | {100 * r['colour']['followed']:.0f} % |")
+    return {"seconds": args.seconds, "prompts": args.prompts, "rows": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="part", required=True)
@@ -178,14 +222,19 @@ def main() -> None:
     q.add_argument("--n", type=int, default=1000)
     q.add_argument("--autoencoder", default="")
     q.add_argument("--out", default=str(Path.home() / "runs" / "backbones"))
-    for a in (s, q):
+    t = sub.add_parser("text")
+    t.add_argument("--seconds", type=float, default=720)
+    t.add_argument("--prompts", type=int, default=100)
+    t.add_argument("--autoencoder", default=str(Path.home() / "runs" / "emoji-autoencoder"))
+    t.add_argument("--out", default=str(Path.home() / "runs" / "backbones"))
+    for a in (s, q, t):
         a.add_argument("--json", default="")
     args = p.parse_args()
-    res = speed(args) if args.part == "speed" else quality(args)
+    res = {"speed": speed, "quality": quality, "text": text_attention}[args.part](args)
     if args.json:
         path = Path(args.json)
         old = json.loads(path.read_text()) if path.is_file() else {}
-        key = f"{args.part}-{getattr(args, 'set', 'fashion-mnist')}"
+        key = f"{args.part}-{getattr(args, 'set', 'emoji' if args.part == 'text' else 'fashion-mnist')}"
         old[key] = {"date": time.strftime("%Y-%m-%d %H:%M"), **res}
         path.write_text(json.dumps(old, indent=2))
 

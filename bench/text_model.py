@@ -6,10 +6,11 @@ caption. Each generated image is compared with all training emoji (pixel L2 at t
 - caption similarity: cosine, in the text encoder's space, between the prompt and the main caption of
   the nearest training image, against the same for a random training image (the floor) and for
   the prompt's own image (1.0, the ceiling).
-Colour words: for prompts "a red …", "a green …", "a yellow …", "a blue …" with objects whose phrase is in no
-caption (checked and printed), ``--colour-seeds`` samples each; the colour drawn is the hue of the mean colour
-of the non-background pixels (``undiffuse.evaluation.colour``), and a prompt is followed when it is the colour
-asked for. It also draws a grid for prompts that are not emoji names (``--free-grid``).
+Colour words: for prompts "a red …", "a green …", "a yellow …", "a blue …" (those found in the model's
+training captions, colour captions included, are printed and scored apart), ``--colour-seeds`` samples each;
+the colour drawn is the hue of the mean colour of the non-background pixels (``undiffuse.evaluation.colour``),
+and a prompt is followed when it is the colour asked for. It also draws a grid for prompts that are not emoji
+names (``--free-grid``).
 
 The retrieval pool is Twemoji at the model's size (3 786 images, as for the first shipped model), whatever else
 the model trained on, so figures stay comparable across models.
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from undiffuse.data.emoji import load_emoji
+from undiffuse.data.training import load_captioned
 from undiffuse.evaluation.colour import drawn_colours
 from undiffuse.evaluation.nearest import nearest_neighbours
 from undiffuse.images import make_grid, save_png
@@ -105,8 +107,10 @@ def main() -> None:
 
 
 def colour_words(model, data, args) -> dict:
-    """The share of samples of "a <colour> <object>" whose drawn colour is the one asked for."""
-    captions = {c.lower() for caps in data.captions for c in caps}
+    """The share of samples of "a <colour> <object>" whose drawn colour is the one asked for: over all the prompts,
+    and over those that are in none of the model's training captions (its colour captions included)."""
+    training = load_captioned(model.config.data)
+    captions = {c.lower() for caps in training.captions for c in caps}
     prompts = [f"a {c} {o}" for c in COLOURS for o in OBJECTS]
     in_captions = [p for p in prompts if p.lower() in captions or p[2:].lower() in captions]
     images = []
@@ -118,14 +122,20 @@ def colour_words(model, data, args) -> dict:
     hits = {c: [d == c for p, row in drawn.items() if p.split()[1] == c for d in row] for c in COLOURS}
     per_colour = {c: sum(h) / len(h) for c, h in hits.items()}
     followed = sum(per_colour.values()) / len(COLOURS)
+    unseen = [p for p in prompts if p not in in_captions]
+    unseen_per_colour = {c: [d == c for p in unseen if p.split()[1] == c for d in drawn[p]] for c in COLOURS}
+    unseen_per_colour = {c: sum(h) / len(h) for c, h in unseen_per_colour.items() if h}
+    followed_unseen = sum(unseen_per_colour.values()) / max(1, len(unseen_per_colour))
     print(f"  colour words followed in {followed:.1%} of {len(prompts) * args.colour_seeds} samples "
-          f"({', '.join(f'{c} {v:.0%}' for c, v in per_colour.items())}); prompts found in captions: "
-          f"{in_captions or 'none'}")
+          f"({', '.join(f'{c} {v:.0%}' for c, v in per_colour.items())}); on the {len(unseen)} prompts in no "
+          f"training caption {followed_unseen:.1%} ({', '.join(f'{c} {v:.0%}' for c, v in unseen_per_colour.items())})"
+          f"; prompts found in captions: {in_captions or 'none'}")
     if args.colour_grid:
         save_png(args.colour_grid, make_grid(images.flatten(0, 1), nrow=len(OBJECTS) * args.colour_seeds // 2),
                  {"model": args.model, "prompts": prompts, "guidance": args.guidance, "steps": args.steps,
                   "seeds": f"0-{args.colour_seeds - 1}"}, scale=1)
-    return {"followed": followed, "per_colour": per_colour, "objects": list(OBJECTS), "seeds": args.colour_seeds,
+    return {"followed": followed, "per_colour": per_colour, "followed_unseen": followed_unseen,
+            "unseen_per_colour": unseen_per_colour, "objects": list(OBJECTS), "seeds": args.colour_seeds,
             "in_captions": in_captions, "drawn": drawn}
 
 

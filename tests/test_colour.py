@@ -2,6 +2,8 @@
 
 import torch
 
+from undiffuse.data.emoji import CaptionedImages
+from undiffuse.data.recolour import recoloured, rotate_hue
 from undiffuse.evaluation.colour import drawn_colours, mean_foreground_colour
 
 
@@ -32,3 +34,35 @@ def test_background_is_ignored_and_grey_or_empty_is_none():
     assert drawn_colours((small * 2 - 1)[None]) == ["blue"]
     assert drawn_colours(torch.stack([disc((0.5, 0.5, 0.5)), torch.ones(3, 32, 32)])) == ["none", "none"]
     assert torch.allclose(mean_foreground_colour(torch.ones(1, 3, 8, 8)), torch.ones(1, 3))
+
+
+# --------------------------------------------------------------------------- colour captions and copies
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    return ((image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_rotate_hue_turns_colours_and_keeps_white_and_black():
+    red = as_uint8(disc((0.85, 0.1, 0.15), outline=True))
+    for degrees, name in ((120, "green"), (220, "blue"), (0, "red")):
+        turned = rotate_hue(red, degrees)
+        assert drawn_colours(turned[None].float() / 127.5 - 1) == [name]
+    turned = rotate_hue(red, 180)
+    assert torch.equal(turned[:, 0, 0], torch.tensor([255, 255, 255], dtype=torch.uint8))  # background
+    outline = (red == 0).all(0)
+    assert outline.any() and bool((turned[:, outline] == 0).all())
+
+
+def test_recoloured_captions_say_the_colour_drawn():
+    images = torch.stack([as_uint8(disc((0.85, 0.1, 0.15))), as_uint8(disc((0.2, 0.7, 0.25))),
+                          as_uint8(disc((0.5, 0.5, 0.5))), as_uint8(disc((0.15, 0.35, 0.9)))])
+    caps = [["ball"], ["leaf", "a leaf"], ["rock"], ["blue ball"]]
+    data = CaptionedImages(images, caps, ["a", "b", "c", "d"])
+    out = recoloured(data, copies=2, seed=3)
+    assert out.captions[:4] == [["ball", "a red ball"], ["leaf", "a leaf", "a green leaf"], ["rock"], ["blue ball"]]
+    assert len(out) == 4 + 2 * 2 and len(out.categories) == len(out)  # grey and already-coloured: no copies
+    for image, caption in zip(out.images[4:], out.captions[4:], strict=True):
+        colour = caption[0].split()[1]
+        assert drawn_colours(image[None].float() / 127.5 - 1) == [colour]
+        assert caption[0].endswith(("ball", "leaf"))
+    assert {c[0] for c in out.captions[4:6]}.isdisjoint({"a red ball"})  # a copy shows another colour
+    assert torch.equal(recoloured(data, 2, seed=3).images, out.images)   # seeded

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from undiffuse.config import load_config
 from undiffuse.errors import UndiffuseError
+from undiffuse.models import build_net
 from undiffuse.nets.cpu import train_autocast
-from undiffuse.nets.dit import DIT_SIZES, DiT, dit_size, sincos_2d
+from undiffuse.nets.dit import DIT_SIZES, DiT, JointAttention, JointBlock, dit_size, sincos_2d
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,21 +101,6 @@ def test_class_conditioning_and_null_label():
     assert torch.allclose(mixed[[1, 3]], none[[1, 3]], atol=1e-5)
 
 
-def test_text_conditioning_and_padding_mask():
-    net = perturbed(make(context_dim=16)).eval()
-    x, t = torch.randn(2, 4, 8, 8), torch.full((2,), 300.0)
-    cond = text_cond(2)
-    ref = net(x, t, cond)
-    other_tokens = {**cond, "tokens": text_cond(2, seed=1)["tokens"]}
-    assert (net(x, t, other_tokens) - ref).abs().max() > 1e-3           # the tokens matter
-    other_pooled = {**cond, "pooled": text_cond(2, seed=1)["pooled"]}
-    assert (net(x, t, other_pooled) - ref).abs().max() > 1e-3           # so does the pooled embedding
-    padded = cond["tokens"].clone()
-    padded[:, -2:] = 100 * torch.randn(2, 2, 16)                        # change only the masked-out tokens
-    assert torch.allclose(net(x, t, {**cond, "tokens": padded}), ref, atol=1e-6)
-    assert torch.allclose(net(x, t, {**cond, "mask": cond["mask"].long()}), ref, atol=1e-6)  # 0/1 masks too
-
-
 def test_batch_independence():
     net = perturbed(make(num_classes=4)).eval()
     x, t, c = torch.randn(5, 4, 8, 8), torch.rand(5) * 1000, torch.tensor([0, 1, -1, 3, 2])
@@ -123,7 +110,8 @@ def test_batch_independence():
 
 
 @pytest.mark.parametrize("kw, cond", [(dict(num_classes=3, dropout=0.1), torch.tensor([0, 2, -1])),
-                                      (dict(context_dim=16), text_cond(3))])
+                                      (dict(context_dim=16), text_cond(3)),
+                                      (dict(context_dim=16, text_attention="joint", dropout=0.1), text_cond(3))])
 def test_every_parameter_gets_a_gradient(kw, cond):
     net = perturbed(make(**kw))
     out = net(torch.randn(3, 4, 8, 8), torch.tensor([1.0, 200.0, 900.0]), cond)
@@ -133,8 +121,9 @@ def test_every_parameter_gets_a_gradient(kw, cond):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_bf16_autocast_forward():
-    net = perturbed(make(context_dim=16)).eval()
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_bf16_autocast_forward(text_attention):
+    net = perturbed(make(context_dim=16, text_attention=text_attention)).eval()
     x, t = torch.randn(2, 4, 8, 8), torch.rand(2) * 1000
     ref = net(x, t, text_cond(2))
     with train_autocast(True):
@@ -162,10 +151,13 @@ def test_sizes():
     (dict(num_classes=3, context_dim=8), "not both"),
     (dict(noise_embedding="learned"), "noise embedding"),
     (dict(dropout=1.0), "dropout"),
+    (dict(text_attention="self"), "unknown text_attention 'self'; known: cross, joint"),
+    (dict(text_attention="joint"), "needs text tokens"),
 ])
 def test_bad_config_raises(kw, msg):
-    with pytest.raises(UndiffuseError, match=msg):
+    with pytest.raises(UndiffuseError, match=msg) as err:
         make(**kw)
+    assert "\n" not in str(err.value)
 
 
 def test_bad_inputs_raise():
@@ -199,3 +191,113 @@ def test_short_attention_matches_sdpa_with_and_without_padding():
     mask[:, 0] = True
     for m in (None, mask):
         assert torch.allclose(attention_short(q, k, v, m), attention_fp32(q, k, v, m), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- joint attention (SD3 MM-DiT)
+def joint(**kw) -> DiT:
+    return make(context_dim=16, text_attention="joint", **kw)
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_joint_shapes_and_zero_at_init(patch):
+    net = joint(patch_size=patch)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 700.0])
+    out = net(x, t, text_cond(2))
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))  # F ≡ 0 at init
+    net = perturbed(net)
+    for h, w in [(8, 8), (4, 12)]:
+        out = net(torch.randn(2, 4, h, w), t, text_cond(2, length=7))
+        assert out.shape == (2, 4, h, w) and torch.isfinite(out).all()
+
+
+def test_joint_blocks_are_the_identity_on_image_tokens_at_init():
+    net = joint()
+    assert all(isinstance(b, JointBlock) for b in net.blocks)
+    x, y, c = torch.randn(2, 16, 64), torch.randn(2, 5, 64), torch.randn(2, 64)
+    mask = text_cond(2)["mask"]
+    for i, block in enumerate(net.blocks):
+        x_out, y_out = block(x, y, c, mask)
+        assert torch.equal(x_out, x), i
+        last = i == len(net.blocks) - 1
+        assert y_out is None if last else torch.equal(y_out, y), i        # the text stream is adaLN-Zero too
+    assert net.blocks[-1].text_mlp is None and net.blocks[-1].attn.text_proj is None  # SD3: last block's text unused
+    x_out, y_out = perturbed(net).blocks[0](x, y, c, mask)
+    assert not torch.equal(x_out, x) and not torch.equal(y_out, y)      # real residuals once trained
+
+
+@pytest.mark.parametrize("kind", ["cross", "joint"])
+def test_text_conditioning_and_padding_mask(kind):
+    net = perturbed(make(context_dim=16, text_attention=kind)).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.full((2,), 300.0)
+    cond = text_cond(2)
+    ref = net(x, t, cond)
+    other_tokens = {**cond, "tokens": text_cond(2, seed=1)["tokens"]}
+    assert (net(x, t, other_tokens) - ref).abs().max() > 1e-3           # the tokens matter
+    first_only = cond["tokens"].clone()
+    first_only[:, 0] += 1.0
+    assert (net(x, t, {**cond, "tokens": first_only}) - ref).abs().max() > 1e-3  # each real token does
+    other_pooled = {**cond, "pooled": text_cond(2, seed=1)["pooled"]}
+    assert (net(x, t, other_pooled) - ref).abs().max() > 1e-3           # so does the pooled embedding
+    padded = cond["tokens"].clone()
+    padded[:, -2:] = 100 * torch.randn(2, 2, 16)                        # change only the masked-out tokens
+    assert torch.allclose(net(x, t, {**cond, "tokens": padded}), ref, atol=1e-6)
+    assert torch.allclose(net(x, t, {**cond, "mask": cond["mask"].long()}), ref, atol=1e-6)  # 0/1 masks too
+    if kind == "joint":  # all padding: the image keys remain
+        assert torch.isfinite(net(x, t, {**cond, "mask": torch.zeros_like(cond["mask"])})).all()
+
+
+def test_joint_batch_independence_with_different_padding():
+    net = perturbed(joint()).eval()
+    x, t, cond = torch.randn(3, 4, 8, 8), torch.rand(3) * 1000, text_cond(3, length=6)
+    cond["mask"] = torch.arange(6)[None] < torch.tensor([[2], [6], [4]])
+    full = net(x, t, cond)
+    for i in range(3):
+        one = net(x[i:i + 1], t[i:i + 1], {k: v[i:i + 1] for k, v in cond.items()})
+        assert torch.allclose(one, full[i:i + 1], atol=1e-5), i
+        n = int(cond["mask"][i].sum())                                  # the same prompt without its padding
+        short = {"tokens": cond["tokens"][i:i + 1, :n], "mask": cond["mask"][i:i + 1, :n],
+                 "pooled": cond["pooled"][i:i + 1]}
+        assert torch.allclose(net(x[i:i + 1], t[i:i + 1], short), full[i:i + 1], atol=1e-5), i
+
+
+def test_last_joint_attention_is_the_image_rows_of_the_full_one():
+    torch.manual_seed(0)
+    full, last = JointAttention(32, 2, text_out=True), JointAttention(32, 2, text_out=False)
+    with torch.no_grad():
+        last.qkv.load_state_dict(full.qkv.state_dict())
+        last.proj.load_state_dict(full.proj.state_dict())
+        last.text_qkv.weight.copy_(full.text_qkv.weight[32:])            # the text keys and values, not its queries
+        last.text_qkv.bias.copy_(full.text_qkv.bias[32:])
+    x, y, mask = torch.randn(2, 9, 32), torch.randn(2, 5, 32), text_cond(2)["mask"]
+    (a, a_text), (b, b_text) = full(x, y, mask), last(x, y, mask)
+    assert a_text.shape == y.shape and b_text is None
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cross_and_joint_state_dicts_do_not_mix():
+    cross, jnt = make(context_dim=16), joint()
+    assert not any(".text_" in k or "token_embed" in k for k in cross.state_dict())  # cross keys as before
+    assert "token_embed.weight" in jnt.state_dict() and "blocks.0.attn.text_qkv.weight" in jnt.state_dict()
+    with pytest.raises(RuntimeError, match="Missing key"):
+        jnt.load_state_dict(cross.state_dict())
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        cross.load_state_dict(jnt.state_dict())
+    joint().load_state_dict(jnt.state_dict())                           # round trip within a kind
+
+
+def test_config_text_attention_builds_and_refuses():
+    dit = ["model.backbone='dit'", "model.dit_size='T'"]
+    text = ["data.name='emoji'", "data.image_size=16", "data.channels=3"]
+    assert load_config(None, dit + text).model.text_attention == "cross"
+    cfg = load_config(None, dit + text + ["model.text_attention='joint'"])
+    net = build_net(cfg, 0, context_dim=16, shape=(4, 8, 8))
+    assert net.text_attention == "joint" and isinstance(net.blocks[0], JointBlock)
+    for overrides, msg in [(dit + text + ["model.text_attention='self'"],
+                            "model.text_attention must be cross or joint, got 'self'"),
+                           (dit + ["model.text_attention='joint'"], "'joint' needs text"),
+                           (dit + text + ["data.conditional=false", "model.text_attention='joint'"],
+                            "'joint' needs text"),
+                           (text + ["model.text_attention='joint'"], "needs model.backbone = 'dit', got 'unet'")]:
+        with pytest.raises(UndiffuseError, match=msg) as err:
+            load_config(None, overrides)
+        assert "\n" not in str(err.value), overrides

@@ -149,3 +149,15 @@ def test_image_folder_with_broken_files_trains_and_names_them(tmp_path):
     assert "skipped 2 of 14 files" in first["data"]
     assert "empty.png" in first["data"] and "corrupt.png" in first["data"]
     assert load_model(out).class_names == ["dark", "light"]
+
+
+def test_init_fine_tunes_from_a_trained_model_and_refuses_another_network(tmp_path):
+    train(digits_config(tmp_path / "base", "train.steps=6"), progress=False)
+    base, _ = load_checkpoint(tmp_path / "base" / "model.safetensors")
+    tuned = Trainer(digits_config(tmp_path / "tuned", f"train.init='{tmp_path / 'base'}'", "data.limit=200",
+                                  "train.lr=1e-3"), progress=False)
+    start = tuned.net.state_dict()
+    assert tuned.step == 0 and all(torch.equal(start[k], base[f"ema.{k}"]) for k in start)
+    assert all(torch.equal(v, start[k]) for k, v in tuned.ema.model.state_dict().items())
+    with pytest.raises(UndiffuseError, match=r"train.init: .* another network \(model.channels differ\)"):
+        Trainer(digits_config(tmp_path / "other", f"train.init='{tmp_path / 'base'}'", "model.channels=64"))

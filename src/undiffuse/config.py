@@ -37,6 +37,8 @@ class DataConfig:
     conditional: bool = True         # train with class labels (or captions) when the data has them
     limit: int = 0                   # use only the first n images (0: all)
     text_length: int = 32            # tokens per caption for the text encoder (captioned data)
+    recolour: int = 0                # captioned data: hue-rotated copies of each coloured image, captioned
+    #                                  "a <colour> <name>" (data.recolour); every coloured image also gets that caption
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ModelConfig:
     mlp_depth: int = 4                                  # residual blocks of the MLP backbone
     dit_size: str = "S"                                 # DiT: a named depth × width × heads (nets.dit.DIT_SIZES)
     patch_size: int = 2                                 # DiT: pixels (or latent cells) per token side
+    text_attention: str = "cross"                       # DiT text conditioning: cross (PixArt-α) | joint (SD3 MM-DiT)
     latent_channels: int = 4                            # autoencoder: channels of its latent (LDM uses 3-4)
 
 
@@ -75,6 +78,8 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     steps: int = 20_000              # optimizer steps
+    init: str = ""                   # start from this model's weights (run folder, model file or shipped name) with
+    #                                  a fresh optimizer: fine-tuning; its [model] section must equal this one
     max_seconds: float = 0.0         # stop (checkpoint and export) once this much training time is spent (0: off);
     #                                  for comparisons at equal wall time
     batch_size: int = 64             # images per optimizer step (split over grad_accum micro-batches)
@@ -141,6 +146,7 @@ class Config:
                    "eps, x0, v or edm"),
                   ("model.backbone", self.model.backbone in BACKBONES, ", ".join(BACKBONES)),
                   ("model.patch_size", self.model.patch_size >= 1, "≥ 1"),
+                  ("model.text_attention", self.model.text_attention in ("cross", "joint"), "cross or joint"),
                   ("model.latent_channels", self.model.latent_channels >= 1, "≥ 1"),
                   ("train.kl_weight", self.train.kl_weight >= 0, "≥ 0"),
                   ("train.max_seconds", self.train.max_seconds >= 0, "≥ 0"),
@@ -150,6 +156,7 @@ class Config:
                                                    "emoji+openmoji", "tuxpaint"),
                    "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji or tuxpaint"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
+                  ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]")]
         for key, ok, allowed in checks:
             if not ok:
@@ -165,6 +172,15 @@ class Config:
         if self.model.backbone == "dit":
             from .nets.dit import dit_size
             dit_size(self.model.dit_size)
+        if self.model.text_attention == "joint":
+            from .data.training import CAPTIONED
+            if self.model.backbone != "dit":
+                raise UndiffuseError(f"model.text_attention = 'joint' needs model.backbone = 'dit', got "
+                                     f"{self.model.backbone!r}")
+            if self.data.name not in CAPTIONED or not self.data.conditional:
+                raise UndiffuseError(f"model.text_attention = 'joint' needs text: captioned data "
+                                     f"({', '.join(CAPTIONED)}) with data.conditional = true, got "
+                                     f"data.name = {self.data.name!r}, data.conditional = {self.data.conditional}")
         if self.model.backbone == "unet" and self.space.kind == "pixels":  # a latent grid is checked when built
             factor = 2 ** (len(self.model.channel_mult) - 1)
             if self.data.image_size % factor:

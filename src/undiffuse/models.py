@@ -54,7 +54,8 @@ def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim
     if m.backbone == "dit":
         from .nets.dit import DiT, dit_size
         return DiT(in_channels=channels, image_size=size, patch_size=m.patch_size, **dit_size(m.dit_size),
-                   dropout=m.dropout, num_classes=num_classes, context_dim=context_dim, noise_embedding=embedding)
+                   dropout=m.dropout, num_classes=num_classes, context_dim=context_dim, noise_embedding=embedding,
+                   text_attention=m.text_attention)
     from .nets.unet import UNet
     return UNet(in_channels=channels, image_size=size, channels=m.channels,
                 channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import distributed, samplers
 from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
                          prefixed, save_checkpoint)
-from .config import Config, to_dict
+from .config import Config, config_from_json, to_dict
 from .data.latents import encode_training_data
 from .data.training import TrainingData, load_training_data
 from .ema import EMA
@@ -39,6 +39,7 @@ from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .losses import denoising_loss
+from .model_files import resolve_model_path
 from .models import build_denoiser, build_net, build_schedule, build_space, config_sigmas, training_sigmas
 from .nets.autoencoder import autoencoder_loss, measure_scale, psnr
 
@@ -106,6 +107,8 @@ class Trainer:
         self.context_dim = getattr(self.data, "context_dim", 0) if cfg.data.conditional else 0
         self.net = build_net(cfg, self.num_classes, dim=self.data.dim, context_dim=self.context_dim,
                              shape=self.space.shape if self.space is not None else None).to(self.dist.device)
+        if cfg.train.init and not resume:  # fine-tuning: a trained model's weights, a fresh optimizer
+            self._init_from(cfg.train.init)
         if cfg.train.channels_last and self.data.dim is None:
             self.net = self.net.to(memory_format=torch.channels_last)
         trained = self.net
@@ -299,6 +302,21 @@ class Trainer:
         for p in old:
             p.unlink(missing_ok=True)
         return path
+
+    def _init_from(self, source: str) -> None:
+        """The network (and so its EMA copy) starts from another model's EMA weights, e.g. to fine-tune on
+        other data or captions; the [model] sections must match."""
+        path = resolve_model_path(source)
+        tensors, meta = load_checkpoint(path)
+        if "config" not in meta:
+            raise UndiffuseError(f"train.init: {path} carries no config; give a run folder or a model file")
+        theirs = to_dict(config_from_json(json.dumps(meta["config"])))["model"]
+        if theirs != to_dict(self.cfg)["model"]:
+            differ = sorted(k for k in theirs if theirs[k] != to_dict(self.cfg)["model"].get(k))
+            raise UndiffuseError(f"train.init: {source} has another network (model.{', model.'.join(differ)} "
+                                 "differ); fine-tuning needs the same [model] section")
+        load_module_state(self.net, group(tensors, "ema") or group(tensors, "model"), what=f"train.init {source}")
+        log.info("initialised from %s", path)
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import UndiffuseError
 from .images import ImageData
 
@@ -114,6 +114,14 @@ def _captioned_loader(name: str):
             "tuxpaint": load_tuxpaint}[name]
 
 
+def load_captioned(d: DataConfig):
+    """The captioned image set a data config names, with its colour captions and copies (``d.recolour``)."""
+    from .recolour import recoloured
+
+    data = _captioned_loader(d.name)(size=d.image_size, channels=d.channels, limit=d.limit or None)
+    return recoloured(data, d.recolour) if d.recolour else data
+
+
 def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
     """Captioned images (Twemoji, OpenMoji, both, or Tux Paint stamps) with caption variants, embedded once
     by the frozen text encoder (cached under the data folder)."""
@@ -121,7 +129,7 @@ def load_text_image_data(cfg: Config, progress: bool = True) -> TextImageData:
     from .emoji import data_root
 
     d = cfg.data
-    emoji = _captioned_loader(d.name)(size=d.image_size, channels=d.channels, limit=d.limit or None)
+    emoji = load_captioned(d)
     flat = [c for caps in emoji.captions for c in caps]
     counts = torch.tensor([len(c) for c in emoji.captions])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -140,7 +148,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name in CAPTIONED and cfg.model.backbone != "autoencoder":  # an autoencoder needs the images only
         return load_text_image_data(cfg)
     if d.name in CAPTIONED:
-        captioned = _captioned_loader(d.name)(size=d.image_size, channels=d.channels, limit=d.limit or None)
+        captioned = load_captioned(d)
         return ImageTrainingData(ImageData(captioned.images, torch.full((len(captioned),), -1)), flip=d.flip)
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist

@@ -3,11 +3,17 @@
 DiT (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the image is cut into
 p×p patches, each a token with a fixed 2-D sin-cos position; transformer blocks are conditioned on
 the noise level (and class) by adaLN-Zero, a per-block scale/shift/gate regressed from the
-conditioning vector and zero-initialised so every block starts as the identity. Text conditioning
-follows PixArt-α (Chen et al. 2023): a cross-attention to the prompt's tokens after each
-self-attention, its output projection zero-initialised too. Same call convention as
-:class:`undiffuse.nets.unet.UNet`; attention is two batched matmuls with an fp32 softmax
-(:func:`undiffuse.nets.cpu.attention_short`), the linears under bf16 autocast when the caller enables it.
+conditioning vector and zero-initialised so every block starts as the identity. Text conditioning is
+one of two (``text_attention``):
+
+- "cross", PixArt-α (Chen et al. 2023): a cross-attention to the prompt's tokens after each
+  self-attention, its output projection zero-initialised too.
+- "joint", SD3's MM-DiT (Esser et al. 2024, "Scaling Rectified Flow Transformers"): the prompt's tokens,
+  projected to the width once, form a second stream with its own adaLN-Zero, qkv, output projection and
+  MLP in every block; one attention runs over [image tokens; text tokens], the padding masked out as keys.
+
+Same call convention as :class:`undiffuse.nets.unet.UNet`; attention is two batched matmuls with an fp32
+softmax (:func:`undiffuse.nets.cpu.attention_short`), the linears under bf16 autocast when the caller enables it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ DIT_SIZES: dict[str, dict] = {
     "B": dict(depth=12, width=768, heads=12),   # DiT-B
 }
 FREQ_DIM = 256  # sinusoid features of the noise level fed to the conditioning MLP (as in DiT)
+TEXT_ATTENTIONS = ("cross", "joint")  # PixArt-α cross-attention | SD3 joint attention
 
 
 def dit_size(name: str) -> dict:
@@ -65,6 +72,13 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 def layer_norm(width: int) -> nn.LayerNorm:
     """LayerNorm without affine: the adaLN modulation (or the next Linear) supplies it."""
     return nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+
+
+def mlp(width: int, mlp_ratio: float, dropout: float) -> nn.Sequential:
+    """The transformer MLP: Linear, tanh-GELU, dropout, Linear (as in DiT)."""
+    hidden = int(width * mlp_ratio)
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), Dropout(dropout),
+                         nn.Linear(hidden, width))
 
 
 class SelfAttention(nn.Module):
@@ -108,13 +122,11 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, context_dim: int, dropout: float):
         super().__init__()
-        hidden = int(width * mlp_ratio)
         self.norm1, self.norm2 = layer_norm(width), layer_norm(width)
         self.attn = SelfAttention(width, heads)
         self.cross = CrossAttention(width, heads, context_dim) if context_dim else None
         self.norm_cross = layer_norm(width) if context_dim else None
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), Dropout(dropout),
-                                 nn.Linear(hidden, width))
+        self.mlp = mlp(width, mlp_ratio, dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: Tensor, c: Tensor, text: dict[str, Tensor] | None = None) -> Tensor:  # (B,N,D), (B,D)
@@ -125,20 +137,77 @@ class DiTBlock(nn.Module):
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))          # (B, N, D)
 
 
+class JointAttention(nn.Module):
+    """One attention over [image tokens; text tokens], each stream with its own qkv and output projection (SD3);
+    text padding is masked out as keys. ``text_out=False`` (the last block): the text stream gives only keys and
+    values, and only the image tokens query."""
+
+    def __init__(self, width: int, heads: int, text_out: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.text_qkv = nn.Linear(width, (3 if text_out else 2) * width)
+        self.text_proj = nn.Linear(width, width) if text_out else None
+
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:  # (B,N,D), (B,L,D), (B,L)
+        B, N, D = x.shape
+        h, d = self.heads, D // self.heads
+        x_qkv = self.qkv(x).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)               # 3 × (B, h, N, d)
+        y_qkv = self.text_qkv(y).reshape(B, y.shape[1], -1, h, d).permute(2, 0, 3, 1, 4)  # 3 (or k, v) × (B, h, L, d)
+        k = torch.cat([x_qkv[1], y_qkv[-2]], dim=2)                                      # (B, h, N+L, d)
+        v = torch.cat([x_qkv[2], y_qkv[-1]], dim=2)                                      # (B, h, N+L, d)
+        q = x_qkv[0] if self.text_proj is None else torch.cat([x_qkv[0], y_qkv[0]], dim=2)  # (B, h, N[+L], d)
+        keys = torch.cat([mask.new_ones(B, N), mask], dim=1)                             # (B, N+L): all image keys
+        a = attention_short(q, k, v, keys).to(k.dtype).transpose(1, 2).reshape(B, -1, D)  # (B, N[+L], D)
+        return self.proj(a[:, :N]), None if self.text_proj is None else self.text_proj(a[:, N:])
+
+
+class JointBlock(nn.Module):
+    """SD3's MM-DiT block: image stream x and text stream y, each with its own adaLN-Zero (from the same c), LayerNorms
+    and MLP, meeting in one :class:`JointAttention`. The image update is x + g₁·Attn + g₂·MLP as in
+    :class:`DiTBlock`, so the block is the identity on x at init. ``last``: the text stream's output would be
+    discarded, so it has no output projection, MLP or gates (as in SD3), only the shift/scale of its keys and values.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float, last: bool = False):
+        super().__init__()
+        self.norm1, self.norm2 = layer_norm(width), layer_norm(width)
+        self.attn = JointAttention(width, heads, text_out=not last)
+        self.mlp = mlp(width, mlp_ratio, dropout)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.text_norm1 = layer_norm(width)
+        self.text_norm2, self.text_mlp = (None, None) if last else (layer_norm(width), mlp(width, mlp_ratio, dropout))
+        self.text_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, (2 if last else 6) * width))
+
+    def forward(self, x: Tensor, y: Tensor, c: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """x (B, N, D), y (B, L, D), c (B, D), bool mask (B, L) -> x, y (None in the last block)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=2)  # 6 × (B, 1, D)
+        t = self.text_ada(c)[:, None].chunk(2 if self.text_mlp is None else 6, dim=2)      # (2 or 6) × (B, 1, D)
+        a_x, a_y = self.attn(modulate(self.norm1(x), shift1, scale1), modulate(self.text_norm1(y), t[0], t[1]), mask)
+        x = x + gate1 * a_x
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))             # (B, N, D)
+        if self.text_mlp is None:
+            return x, None
+        y = y + t[2] * a_y
+        return x, y + t[5] * self.text_mlp(modulate(self.text_norm2(y), t[3], t[4]))  # (B, L, D)
+
+
 class DiT(nn.Module):
     """F(x_in, noise_cond, cond) for images (B, in_channels, H, W), as a transformer over p×p patches.
 
     ``noise_embedding``, ``cond`` and ``context_dim`` as for :class:`~undiffuse.nets.unet.UNet`: a
     discrete step ("positional") or continuous c_noise ("fourier"); class labels (B,) with -1 for
     "no class"; or, for ``context_dim`` > 0, a dict of "tokens" (B, L, context_dim), "mask" (B, L)
-    and "pooled" (B, context_dim). ``image_size`` is checked in the config; any H, W divisible by
-    ``patch_size`` works in forward. The output is exactly 0 at init (zero final layer).
+    and "pooled" (B, context_dim). ``text_attention`` picks how the tokens condition the image: "cross"
+    (PixArt-α cross-attention) or "joint" (SD3 joint attention, :class:`JointBlock`); the pooled embedding
+    joins c in both. ``image_size`` is checked in the config; any H, W divisible by ``patch_size`` works in
+    forward. The output is exactly 0 at init (zero final layer).
     """
 
     def __init__(self, in_channels: int = 4, image_size: int = 16, patch_size: int = 2, width: int = 384,
                  depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, num_classes: int = 0, context_dim: int = 0,
                  noise_embedding: Literal["positional", "fourier"] = "positional", out_channels: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, text_attention: Literal["cross", "joint"] = "cross"):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         if min(in_channels, out_channels, image_size, patch_size, width, depth, heads) < 1 or mlp_ratio <= 0:
@@ -156,8 +225,12 @@ class DiT(nn.Module):
         if num_classes < 0 or context_dim < 0 or (num_classes and context_dim):
             raise UndiffuseError(f"a DiT takes classes or text, not both: num_classes={num_classes}, "
                                  f"context_dim={context_dim}")
+        if text_attention not in TEXT_ATTENTIONS:
+            raise UndiffuseError(f"unknown text_attention {text_attention!r}; known: {', '.join(TEXT_ATTENTIONS)}")
+        if text_attention == "joint" and not context_dim:
+            raise UndiffuseError("text_attention='joint' needs text tokens (context_dim > 0)")
         self.in_channels, self.out_channels, self.patch_size, self.width = in_channels, out_channels, patch_size, width
-        self.num_classes, self.context_dim = num_classes, context_dim
+        self.num_classes, self.context_dim, self.text_attention = num_classes, context_dim, text_attention
 
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         # Conditioning vector c = MLP(noise embedding) [+ class embedding | + Linear(pooled text)].
@@ -165,7 +238,13 @@ class DiT(nn.Module):
         self.noise_mlp = nn.Sequential(nn.Linear(FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
         self.class_embed = LabelEmbedding(num_classes, width) if num_classes else None
         self.text_embed = nn.Linear(context_dim, width) if context_dim else None
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, context_dim, dropout) for _ in range(depth))
+        if text_attention == "joint":  # the prompt's tokens to the width, once; no positions (SD3)
+            self.token_embed = nn.Linear(context_dim, width)
+            self.blocks = nn.ModuleList(JointBlock(width, heads, mlp_ratio, dropout, last=i == depth - 1)
+                                        for i in range(depth))
+        else:
+            self.token_embed = None
+            self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, context_dim, dropout) for _ in range(depth))
         self.final_norm = layer_norm(width)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.final = nn.Linear(width, patch_size * patch_size * out_channels)
@@ -185,7 +264,9 @@ class DiT(nn.Module):
             nn.init.normal_(self.class_embed.table.weight, std=0.02)
         for block in self.blocks:
             zero_(block.ada[1])                     # adaLN-Zero: gates 0, so the block is the identity
-            if block.cross is not None:
+            if isinstance(block, JointBlock):
+                zero_(block.text_ada[1])            # the text stream too (adaLN-Zero)
+            elif block.cross is not None:
                 zero_(block.cross.proj)             # cross-attention starts as the zero map
         zero_(self.final_ada[1])
         zero_(self.final)                           # F ≡ 0 at init
@@ -223,8 +304,13 @@ class DiT(nn.Module):
             raise UndiffuseError("this DiT is unconditional (num_classes=0, context_dim=0) but got a cond")
 
         h = self.patchify(x)                                                          # (B, N, D)
-        for block in self.blocks:
-            h = block(h, c, text)                                                     # (B, N, D)
+        if self.token_embed is not None:
+            y, mask = self.token_embed(text["tokens"].to(c.dtype)), text["mask"].to(torch.bool)  # (B, L, D), (B, L)
+            for block in self.blocks:
+                h, y = block(h, y, c, mask)                                           # (B, N, D), (B, L, D)
+        else:
+            for block in self.blocks:
+                h = block(h, c, text)                                                 # (B, N, D)
         shift, scale = self.final_ada(c)[:, None].chunk(2, dim=2)                     # 2 × (B, 1, D)
         h = self.final(modulate(self.final_norm(h), shift, scale))                   # (B, N, p·p·C_out)
         return self.unpatchify(h, H // p, W // p).to(x.dtype)                        # (B, C_out, H, W)
