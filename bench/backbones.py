@@ -156,7 +156,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         if latent and not args.autoencoder:
             print(f"skipping {name}: give --autoencoder (a trained configs/fashion-mnist-autoencoder.toml run)")
             continue
-        run = out / name.split(" ")[0].replace("/", "-") + ("-latent" if latent else "-pixels")
+        run = out / (name.split(" ")[0].replace("/", "-") + ("-latent" if latent else "-pixels"))
         sets = [*overrides, f"out_dir='{run}'", f"train.max_seconds={args.seconds}", "train.steps=1000000",
                 "train.sample_every=0", "train.checkpoint_every=500"]
         if latent:

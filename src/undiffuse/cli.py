@@ -99,6 +99,27 @@ SigmaMaxOpt = Annotated[float | None, typer.Option(help="Highest σ of a karras/
 RhoOpt = Annotated[float, typer.Option(help="The Karras grid's exponent ρ.")]
 ClipOpt = Annotated[bool, typer.Option(help="Clamp every x̂0 to [-1, 1].")]
 EpsScaleOpt = Annotated[float, typer.Option(help="Divide the predicted noise by this (ε scaling; 1 = off).")]
+IntervalOpt = Annotated[str | None, typer.Option(
+    metavar="LO,HI", help="Guidance interval (Kynkäänniemi et al. 2024): guide only while σ is in [LO, HI] (σ of the "
+    "model's space; HI may be inf); outside it one conditional evaluation per step instead of two. "
+    "Default: guide at every σ.")]
+RescaleOpt = Annotated[float, typer.Option(
+    metavar="PHI", help="CFG rescale φ in [0, 1] (Lin et al. 2024): scale each guided x̂0 towards the conditional "
+    "x̂0's standard deviation (φ = 1: exactly it); 0 = off.")]
+AutoguideOpt = Annotated[str | None, typer.Option(
+    metavar="MODEL", help="Autoguidance (Karras et al. 2024): guide with this weaker model of the same kind instead "
+    "of the unconditional branch: a run folder, a checkpoint (RUN/checkpoints/step_*.safetensors) or a shipped "
+    "name, same space and conditioning; --guidance is its weight. Default: off (classifier-free guidance).")]
+
+
+def _guidance_options(interval: str | None, rescale: float, autoguide: str | None) -> dict:
+    """The SampleRequest fields of the guidance options, checked before any model is loaded."""
+    from .guidance import parse_interval
+
+    if not 0 <= rescale <= 1:
+        raise UndiffuseError(f"--guidance-rescale must be in [0, 1], got {rescale}")
+    return {"guidance_interval": parse_interval(interval) if interval is not None else None,
+            "guidance_rescale": rescale, "autoguide": autoguide}
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
@@ -125,15 +146,18 @@ def sample(
     precision: PrecisionOpt = "bf16",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
+    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
 ) -> None:
     """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
     from .models import load_model
     from .sampling import SampleRequest, parse_class
 
+    guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
                         label=parse_class(loaded, class_), guidance=guidance, precision=precision,
-                        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale)
+                        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale,
+                        **guiding)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
@@ -148,17 +172,19 @@ def generate(
     progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
+    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
     from .models import load_model
     from .sampling import SampleRequest
 
+    guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
                         precision=precision, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0,
-                        eps_scale=eps_scale)
+                        eps_scale=eps_scale, **guiding)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 

@@ -66,13 +66,16 @@ class SpaceConfig:
 
 @dataclass
 class DiffusionConfig:
-    parameterization: str = "eps"    # eps | x0 | v (VP network) or edm (EDM preconditioning)
+    parameterization: str = "eps"    # eps | x0 | v (VP network), edm (EDM preconditioning) or flow (rectified flow)
     schedule: str = "cosine"         # β schedule: linear | cosine | scaled_linear (VP only)
     timesteps: int = 1000            # T of the discrete chain (VP only)
     min_snr_gamma: float = 0.0       # > 0: min-SNR-γ loss weighting (Hang et al. 2023); 0: native loss
     sigma_data: float = 0.5          # EDM's σ_data (a latent space is scaled to unit variance: use 1.0 there)
     p_mean: float = -1.2             # EDM training density ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
+    flow_logit_mean: float = 0.0     # flow training density t = sigmoid(u), u ~ N(mean, std²) (SD3's logit-normal)
+    flow_logit_std: float = 1.0
+    flow_shift: float = 1.0          # flow: SD3's resolution shift t' = s t/(1 + (s-1) t), in training and sampling
 
 
 @dataclass
@@ -142,8 +145,14 @@ class Config:
                   ("train.label_dropout", 0 <= self.train.label_dropout < 1, "in [0, 1)"),
                   ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
                   ("data.channels", self.data.channels in (1, 3), "1 or 3"),
-                  ("diffusion.parameterization", self.diffusion.parameterization in ("eps", "x0", "v", "edm"),
-                   "eps, x0, v or edm"),
+                  ("diffusion.parameterization", self.diffusion.parameterization in ("eps", "x0", "v", "edm", "flow"),
+                   "eps, x0, v or edm (diffusion) or flow (rectified flow)"),
+                  ("diffusion.flow_logit_std", self.diffusion.flow_logit_std > 0, "> 0"),
+                  ("diffusion.flow_shift", self.diffusion.flow_shift > 0, "> 0"),
+                  ("sample.grid", self.diffusion.parameterization != "flow"
+                   or self.sample.grid not in ("leading", "trailing", "linspace"),
+                   "karras, exponential or flow for a flow model (leading, trailing and linspace need a discrete "
+                   "chain)"),
                   ("model.backbone", self.model.backbone in BACKBONES, ", ".join(BACKBONES)),
                   ("model.patch_size", self.model.patch_size >= 1, "≥ 1"),
                   ("model.text_attention", self.model.text_attention in ("cross", "joint"), "cross or joint"),

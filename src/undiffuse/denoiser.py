@@ -1,11 +1,14 @@
 """Preconditioning wrappers: any network → one denoiser D(x, σ, cond) ≈ E[x_0 | x].
 
 ``x`` is in σ-form, x = x_0 + σ ε, and ``sigma`` has shape (batch,). A network F is called as
-``F(x_in, noise_cond, cond)`` and predicts ε, x_0, v (or EDM's F_θ); each wrapper converts its
+``F(x_in, noise_cond, cond)`` and predicts ε, x_0, v, a flow velocity (or EDM's F_θ); each wrapper converts its
 parameterisation once, using the conversions below — the only place they are written.
 
 The VP view: with α = 1/√(1+σ²), the network sees z = α x = α x_0 + (σα) ε, which is the DDPM
 sample x_t for ᾱ_t = α²; v = α ε - σα x_0 (Salimans & Ho 2022, §4).
+
+The flow view: with t = σ/(1+σ), the network sees x_t = (1-t) x = (1-t) x_0 + t ε, the rectified-flow
+sample, and predicts the velocity dx_t/dt = ε - x_0 (Liu et al. 2022; Esser et al. 2024, §2).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from .nets.cpu import check_precision, inference_autocast
 from .process import DiscreteSchedule
 
 Prediction = Literal["eps", "x0", "v"]
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")  # the VP network's outputs; "flow" has its own wrapper
+CONVERSIONS: tuple[str, ...] = (*PREDICTIONS, "flow")
 
 
 def _b(sigma: Tensor, x: Tensor) -> Tensor:
@@ -55,6 +59,17 @@ def x0_to_v(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
     return alpha * (x - x0) / s - s * alpha * x0
 
 
+def flow_to_x0(x: Tensor, sigma: Tensor, v: Tensor) -> Tensor:
+    """x̂_0 = x_t - t v̂ with x_t = x/(1+σ), t = σ/(1+σ) (rectified flow: x_t = (1-t) x_0 + t ε, v = ε - x_0)."""
+    s = _b(sigma, x)
+    return (x - s * v) / (1 + s)
+
+
+def x0_to_flow(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+    """The flow velocity v = ε - x_0 = (x - x_0)/σ - x_0."""
+    return (x - x0) / _b(sigma, x) - x0
+
+
 def x0_to_score(x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
     """∇_x log p_σ(x) = (x̂_0 - x)/σ² (Tweedie's formula)."""
     return (x0 - x) / _b(sigma, x) ** 2
@@ -73,7 +88,9 @@ def to_x0(prediction: str, x: Tensor, sigma: Tensor, out: Tensor) -> Tensor:
         return out
     if prediction == "v":
         return v_to_x0(x, sigma, out)
-    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(PREDICTIONS)}")
+    if prediction == "flow":
+        return flow_to_x0(x, sigma, out)
+    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(CONVERSIONS)}")
 
 
 def from_x0(prediction: str, x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
@@ -84,7 +101,9 @@ def from_x0(prediction: str, x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
         return x0
     if prediction == "v":
         return x0_to_v(x, sigma, x0)
-    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(PREDICTIONS)}")
+    if prediction == "flow":
+        return x0_to_flow(x, sigma, x0)
+    raise UndiffuseError(f"unknown prediction type {prediction!r}; known: {', '.join(CONVERSIONS)}")
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -135,6 +154,30 @@ class EDMDenoiser(Denoiser):
         c_in = (s**2 + sd**2).rsqrt()
         out = self.net(c_in * x, sigma.log() / 4, cond).to(x.dtype)
         return c_skip * x + c_out * out
+
+
+class FlowDenoiser(Denoiser):
+    """A rectified-flow velocity network as a denoiser: x_t = x/(1+σ), x̂_0 = x_t - t F(x_t, t_scale·t) with
+    t = σ/(1+σ) (c_in = 1-t; SD3, Esser et al. 2024, §2-3).
+
+    The network is told ``t_scale``·t, by default t ∈ [0, 1) scaled to [0, 1000) as SD3 and diffusers'
+    FlowMatchEulerDiscreteScheduler pass it: the range the "positional" noise embedding is made for.
+    """
+
+    def __init__(self, net: nn.Module, t_scale: float = 1000.0):
+        super().__init__()
+        if not (math.isfinite(t_scale) and t_scale > 0):
+            raise UndiffuseError(f"the flow model's t_scale must be a positive number, got {t_scale}")
+        self.net, self.t_scale = net, t_scale
+
+    def noise_cond(self, sigma: Tensor) -> Tensor:
+        """What the network is told about the noise level: t_scale · t, t = σ/(1+σ)."""
+        return self.t_scale * sigma / (1 + sigma)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        s = _b(sigma, x)
+        v = self.net(x / (1 + s), self.noise_cond(sigma), cond).to(x.dtype)   # x_t = (1-t) x
+        return flow_to_x0(x, sigma, v)
 
 
 class ClampedDenoiser(Denoiser):

@@ -2,7 +2,8 @@
 
 Every parameterisation's squared error is a σ-dependent multiple of the x_0 error:
 ‖ε̂ - ε‖² = ‖x̂_0 - x_0‖²/σ², ‖v̂ - v‖² = (1+σ²)/σ² ‖x̂_0 - x_0‖², and EDM's
-‖F_θ - F_target‖² = ‖x̂_0 - x_0‖²/c_out² (Karras et al. 2022, eq. 8 with λ = 1/c_out²).
+‖F_θ - F_target‖² = ‖x̂_0 - x_0‖²/c_out² (Karras et al. 2022, eq. 8 with λ = 1/c_out²), and a flow
+velocity's ‖v̂ - v‖² = ‖x̂_0 - x_0‖²/t² = (1+σ)²/σ² ‖x̂_0 - x_0‖² (x̂_0 = x_t - t v̂, t = σ/(1+σ)).
 So one loss, λ(σ) ‖D(x_0 + σε, σ) - x_0‖², trains any wrapper on its own network's output.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .denoiser import EDMDenoiser, VPDenoiser
+from .denoiser import EDMDenoiser, FlowDenoiser, VPDenoiser
 from .process import add_noise
 
 
@@ -28,13 +29,16 @@ def native_weight(denoiser: nn.Module, sigma: Tensor) -> Tensor:
     if isinstance(denoiser, EDMDenoiser):
         sd = denoiser.sigma_data
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
+    if isinstance(denoiser, FlowDenoiser):  # the velocity MSE of rectified flow (SD3's L with w_t = 1)
+        return ((1 + sigma) / sigma) ** 2
     return torch.ones_like(sigma)  # a plain denoiser: regress x_0
 
 
 def min_snr_weight(sigma: Tensor, gamma: float = 5.0) -> Tensor:
     """Min-SNR-γ: λ = min(SNR, γ) on the x_0 error, SNR = 1/σ² (Hang et al. 2023, eq. 9–10).
 
-    That is min(SNR, γ)/SNR on the ε error and min(SNR, γ)/(SNR + 1) on the v error.
+    That is min(SNR, γ)/SNR on the ε error and min(SNR, γ)/(SNR + 1) on the v error. SNR does not depend on
+    the scaling of x, so a flow model's SNR is (1-t)²/t² = 1/σ² too: min(SNR, γ)·t² on its velocity error.
     """
     return torch.clamp(sigma**-2, max=gamma)
 

@@ -13,14 +13,14 @@ from torch import Tensor, nn
 from . import process
 from .checkpoint import group, load_checkpoint, load_module_state
 from .config import Config, config_from_json
-from .denoiser import Denoiser, EDMDenoiser, VPDenoiser
+from .denoiser import Denoiser, EDMDenoiser, FlowDenoiser, VPDenoiser
 from .errors import UndiffuseError
 from .model_files import resolve_model_path
 from .spaces import PixelSpace, Space, build_autoencoder, load_autoencoder
 
 def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
-    """The discrete VP chain of a VP model (None for EDM, which is continuous in σ)."""
-    if cfg.diffusion.parameterization == "edm":
+    """The discrete VP chain of a VP model (None for EDM and flow, which are continuous in σ)."""
+    if cfg.diffusion.parameterization in ("edm", "flow"):
         return None
     return process.DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
@@ -65,22 +65,31 @@ def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim
 
 
 def build_denoiser(cfg: Config, net: nn.Module) -> Denoiser:
-    """Wrap the backbone in its preconditioning (VP ε/x0/v on discrete t, or EDM)."""
+    """Wrap the backbone in its preconditioning (VP ε/x0/v on discrete t, EDM, or a flow velocity on 1000·t)."""
     if cfg.diffusion.parameterization == "edm":
         return EDMDenoiser(net, sigma_data=cfg.diffusion.sigma_data)
+    if cfg.diffusion.parameterization == "flow":
+        return FlowDenoiser(net)
     return VPDenoiser(net, cfg.diffusion.parameterization, schedule=build_schedule(cfg))
 
 
 def training_sigmas(cfg: Config, schedule: process.DiscreteSchedule | None, n: int,
                     generator: torch.Generator) -> Tensor:
-    """σ's drawn from the training density: σ_t with t uniform (DDPM) or EDM's log-normal."""
+    """σ's drawn from the training density: σ_t with t uniform (DDPM), EDM's log-normal, or for flow SD3's
+    logit-normal t with the resolution shift (:func:`~undiffuse.process.sample_sigma_logit_normal`)."""
+    d = cfg.diffusion
+    if d.parameterization == "flow":
+        return process.sample_sigma_logit_normal(n, d.flow_logit_mean, d.flow_logit_std, d.flow_shift, generator)
     if schedule is None:
         return process.sample_sigma_lognormal(n, cfg.diffusion.p_mean, cfg.diffusion.p_std, generator)
     return schedule.sigmas[process.sample_t_uniform(schedule, n, generator)]
 
 
 def sigma_range(cfg: Config) -> tuple[float, float]:
-    """(σ_min, σ_max) to sample over: the chain's ends, or EDM's 0.002 … 80."""
+    """(σ_min, σ_max) to sample over: the chain's ends, EDM's 0.002 … 80, or for flow t ∈ [10⁻³, 0.99]
+    (σ ≈ 0.001 … 99, times ``diffusion.flow_shift``: :data:`~undiffuse.process.FLOW_T_RANGE`)."""
+    if cfg.diffusion.parameterization == "flow":
+        return process.flow_sigma_range(cfg.diffusion.flow_shift)
     schedule = build_schedule(cfg)
     return (schedule.sigma_min, schedule.sigma_max) if schedule else (0.002, 80.0)
 
@@ -88,13 +97,15 @@ def sigma_range(cfg: Config) -> tuple[float, float]:
 def config_sigmas(cfg: Config, steps: int, grid: str | None = None, sigma_min: float | None = None,
                   sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
     """A sampling grid (default: the config's ``sample.grid``) over the model's σ range, or over
-    [sigma_min, sigma_max] where given (karras and exponential grids; ``rho``: the Karras exponent)."""
+    [sigma_min, sigma_max] where given (karras, exponential and flow grids; ``rho``: the Karras exponent). A flow
+    model's ``flow`` grid is spaced as diffusers' FlowMatchEuler timesteps with the model's ``diffusion.flow_shift``."""
     schedule = build_schedule(cfg)
-    if schedule is None:  # a continuous-σ model: EDM's range unless given
+    if schedule is None:  # a continuous-σ model: its own range (EDM's, or flow's) unless given
         lo, hi = sigma_range(cfg)
         sigma_min, sigma_max = lo if sigma_min is None else sigma_min, hi if sigma_max is None else sigma_max
+    shift = cfg.diffusion.flow_shift if cfg.diffusion.parameterization == "flow" else 1.0
     return process.sigma_grid(grid or cfg.sample.grid, steps, schedule=schedule, sigma_min=sigma_min,
-                              sigma_max=sigma_max, rho=rho)
+                              sigma_max=sigma_max, rho=rho, shift=shift)
 
 
 @dataclass

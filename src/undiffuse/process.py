@@ -7,6 +7,8 @@ Conventions
   (Ho et al. 2020, eq. 2). ᾱ_t = ∏_{s ≤ t} (1 - β_s), so q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq. 4).
 * The samplers work in "σ-form": x = x_0 + σ ε. A VP sample x_t maps onto it exactly by
   x = x_t / √ᾱ_t with σ_t = √((1-ᾱ_t)/ᾱ_t), and log-SNR λ = log(ᾱ/(1-ᾱ)) = -2 log σ.
+* Rectified flow x_t = (1-t) x_0 + t ε, t ∈ [0, 1] (Liu et al. 2022; Esser et al. 2024, "SD3") is
+  x_t/(1-t) = x_0 + σ ε with σ = t/(1-t), t = σ/(1+σ): the same σ-form, so the same grids and samplers.
 * Schedules are kept in float64; grids are float64 1-D tensors, decreasing, ending in 0.
 """
 
@@ -21,11 +23,12 @@ from torch import Tensor
 from .errors import UndiffuseError
 
 __all__ = [
-    "BETA_SCHEDULES", "SIGMA_GRIDS", "UNIFORM_T_GRIDS", "DiscreteSchedule", "add_noise", "alpha_bar_to_log_snr",
-    "alpha_bar_to_sigma", "betas_cosine", "betas_linear", "betas_scaled_linear", "check_sigmas",
+    "BETA_SCHEDULES", "FLOW_T_RANGE", "SIGMA_GRIDS", "UNIFORM_T_GRIDS", "DiscreteSchedule", "add_noise",
+    "alpha_bar_to_log_snr", "alpha_bar_to_sigma", "betas_cosine", "betas_linear", "betas_scaled_linear",
+    "check_sigmas", "flow_shift", "flow_sigma_range", "flow_sigma_to_t", "flow_t_to_sigma",
     "log_snr_to_alpha_bar", "log_snr_to_sigma", "make_betas", "posterior", "q_sample", "q_step",
-    "sample_sigma_lognormal", "sample_t_uniform", "sigma_grid", "sigma_to_alpha_bar",
-    "sigma_to_log_snr", "sigmas_exponential", "sigmas_from_list", "sigmas_karras",
+    "sample_sigma_logit_normal", "sample_sigma_lognormal", "sample_t_uniform", "sigma_grid", "sigma_to_alpha_bar",
+    "sigma_to_log_snr", "sigmas_exponential", "sigmas_flow", "sigmas_from_list", "sigmas_karras",
     "sigmas_uniform_t",
 ]
 
@@ -220,6 +223,49 @@ def sample_sigma_lognormal(n: int, p_mean: float = -1.2, p_std: float = 1.2,
     return (p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64)).exp()
 
 
+# --------------------------------------------------------------------------- rectified flow
+# The flow model's t range. t = 1 (pure noise) is σ = ∞, which no σ grid holds. t_max = 0.99 (σ_max = 99, like
+# EDM's 80) is where SD3's logit-normal density stops looking (P(t > 0.99) = 2·10⁻⁶ for N(0, 1)); starting from
+# σ_max ε leaves out 1 % of x_0 in x_t, as EDM's 80 does. A 10-step Karras grid from σ = 999 instead (t = 0.999)
+# broke dpmpp_2m and heun on a toy flow model (energy distance 0.17, 0.15; noise scores 0.07), from 99 it did not
+# (0.047, 0.019). t_min = 1/1000 is diffusers' FlowMatchEulerDiscreteScheduler's smallest t.
+FLOW_T_RANGE = (1e-3, 0.99)
+
+
+def flow_t_to_sigma(t: Tensor | float) -> Tensor:
+    """σ = t/(1-t): the σ-form noise level of the flow sample x_t = (1-t) x_0 + t ε."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return t / (1 - t)
+
+
+def flow_sigma_to_t(sigma: Tensor | float) -> Tensor:
+    """t = σ/(1+σ), the inverse of :func:`flow_t_to_sigma`."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return sigma / (1 + sigma)
+
+
+def flow_shift(t: Tensor | float, shift: float) -> Tensor:
+    """SD3's resolution shift t' = s t/(1 + (s-1) t) (Esser et al. 2024, eq. 23); in σ-form simply σ' = s σ."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_sigma_range(shift: float = 1.0) -> tuple[float, float]:
+    """(σ_min, σ_max) of a flow model: :data:`FLOW_T_RANGE` in σ, shifted (σ' = shift·σ)."""
+    lo, hi = FLOW_T_RANGE
+    return shift * lo / (1 - lo), shift * hi / (1 - hi)
+
+
+def sample_sigma_logit_normal(n: int, mean: float = 0.0, std: float = 1.0, shift: float = 1.0,
+                              generator: torch.Generator | None = None) -> Tensor:
+    """SD3's training density: t = sigmoid(u), u ~ N(mean, std²) (Esser et al. 2024, §3.1), then shifted.
+
+    σ = t/(1-t) = e^u, so the logit-normal density over t is EDM's log-normal over σ, and the shift
+    multiplies σ: σ = shift · exp(mean + std·n). Drawn in σ directly, t never rounds to 1.
+    """
+    return shift * (mean + std * torch.randn(n, generator=generator, dtype=torch.float64)).exp()
+
+
 # --------------------------------------------------------------------------- σ grids for sampling
 def check_sigmas(sigmas: Tensor | Sequence[float]) -> Tensor:
     """Validate a sampling grid: 1-D, finite, strictly decreasing, ending in exactly 0."""
@@ -305,14 +351,31 @@ def sigmas_from_list(values: Sequence[float] | Tensor) -> Tensor:
     return check_sigmas(s)
 
 
-SIGMA_GRIDS = ("leading", "trailing", "linspace", "karras", "exponential")
+def sigmas_flow(n: int, sigma_min: float, sigma_max: float, shift: float = 1.0) -> Tensor:
+    """n σ's uniform in the unshifted flow time u = σ/(σ + shift) from σ_max to σ_min, then 0.
+
+    u is the t of a flow model before SD3's shift t' = s u/(1 + (s-1) u) (σ = shift·u/(1-u)): this is the
+    spacing of diffusers' FlowMatchEulerDiscreteScheduler's timesteps (linear in t, then shifted), whose range starts
+    at t = 1 where this one starts at σ_max (a flow model's: t = 0.99, :data:`FLOW_T_RANGE`).
+    """
+    _check_count(n)
+    _check_range(sigma_min, sigma_max)
+    if not (math.isfinite(shift) and shift > 0):
+        raise UndiffuseError(f"the flow shift must be a positive number, got {shift}")
+    u = torch.linspace(sigma_max / (sigma_max + shift), sigma_min / (sigma_min + shift), n, dtype=torch.float64)
+    return _append_zero(shift * u / (1 - u))
+
+
+SIGMA_GRIDS = ("leading", "trailing", "linspace", "karras", "exponential", "flow")
 UNIFORM_T_GRIDS = ("leading", "trailing", "linspace")
 
 
 def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
-               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
+               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+               shift: float = 1.0) -> Tensor:
     """A grid by name (one of :data:`SIGMA_GRIDS`); σ range defaults to the schedule's (the uniform-t grids
-    take none)."""
+    take none). ``shift`` spaces the ``flow`` grid (:func:`sigmas_flow`); the other grids take the range as given
+    (for a flow model, :func:`flow_sigma_range` already carries the shift)."""
     if name in UNIFORM_T_GRIDS:
         if sigma_min is not None or sigma_max is not None:
             raise UndiffuseError(f"the {name!r} grid is uniform in the chain's steps: it takes no σ range "
@@ -329,4 +392,6 @@ def sigma_grid(name: str, n: int, schedule: DiscreteSchedule | None = None,
         sigma_max = schedule.sigma_max if sigma_max is None else sigma_max
     if name == "karras":
         return sigmas_karras(n, sigma_min, sigma_max, rho)
+    if name == "flow":
+        return sigmas_flow(n, sigma_min, sigma_max, shift)
     return sigmas_exponential(n, sigma_min, sigma_max)

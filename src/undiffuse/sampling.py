@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from . import samplers
 from .errors import UndiffuseError
 from .denoiser import shaped, with_precision
-from .guidance import CFGDenoiser, null_text
+from .guidance import AutoguidedDenoiser, CFGDenoiser, GuidanceInterval, check_guide, null_text
 from .images import make_grid, save_png
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .nets.cpu import DEFAULT_INFERENCE_PRECISION, keep_freed_memory
 
 
@@ -37,7 +37,13 @@ class SampleRequest:
     eps_scale: float = 1.0        # divide ε̂ by this (ε scaling; 1: off)
     label: int | None = None      # None: unconditional, or every class in turn for a conditional model
     prompt: str | None = None     # for a text-conditioned model ("" or None: unconditional)
-    guidance: float = 2.0
+    guidance: float = 2.0         # the guidance weight w: classifier-free, or of autoguidance with `autoguide`
+    # Guide only for σ in [lo, hi] (Kynkäänniemi et al. 2024); elsewhere one conditional evaluation. None: every σ.
+    guidance_interval: tuple[float, float] | None = None
+    guidance_rescale: float = 0.0  # CFG rescale φ of the guided x̂0's std (Lin et al. 2024); 0: off
+    # Autoguidance (Karras et al. 2024): a weaker model of the same kind (run folder, checkpoint file or shipped
+    # name) is the negative instead of the unconditional branch. None: classifier-free guidance.
+    autoguide: str | None = None
     batch_size: int = 64
     # "bf16": the network under bf16 autocast, "fp32": all fp32; the sampler's arithmetic is fp32 either way.
     precision: str = DEFAULT_INFERENCE_PRECISION
@@ -67,18 +73,37 @@ def labels_for(model: LoadedModel, req: SampleRequest) -> Tensor | None:
     return torch.arange(req.n) % model.num_classes
 
 
-def guided_denoiser(model: LoadedModel, req: SampleRequest) -> tuple[Callable[..., Tensor], Tensor | None, Any]:
-    """The denoiser to sample with (classifier-free guided for a class or prompt), the per-sample labels
-    (or None) and the prompt's embedding (or None). The network runs in ``req.precision``; the guidance mix,
-    like everything outside the network, in fp32."""
+def guided_denoiser(model: LoadedModel, req: SampleRequest,
+                    guide: LoadedModel | None = None) -> tuple[Callable[..., Tensor], Tensor | None, Any]:
+    """The denoiser to sample with, the per-sample labels (or None) and the prompt's embedding (or None).
+
+    Guided for a class or prompt by classifier-free guidance, or by autoguidance with ``guide`` (default: the
+    model ``req.autoguide`` names, loaded here; checked by :func:`~undiffuse.guidance.check_guide`), in
+    ``req.guidance_interval`` with ``req.guidance_rescale``. The networks run in ``req.precision``; the guidance
+    mix, like everything outside the networks, in fp32."""
     labels = labels_for(model, req)
     base = with_precision(model.denoiser, req.precision)
-    denoiser = CFGDenoiser(base, req.guidance) if labels is not None else base
-    text = None
+    interval = None
+    if req.guidance_interval is not None:
+        if len(req.guidance_interval) != 2:
+            raise UndiffuseError(f"the guidance interval must be (lo, hi), got {req.guidance_interval!r}")
+        interval = GuidanceInterval(*(float(v) for v in req.guidance_interval))
+    options = {"interval": interval, "rescale": req.guidance_rescale}
+    text = null = None
     if model.text_conditioned:
         encoder = model.text_encoder()
         text, null = encoder([req.prompt or ""]), encoder([""])
-        denoiser = CFGDenoiser(base, req.guidance, uncond=null_text(null))
+    if guide is None and req.autoguide is not None:
+        guide = load_model(req.autoguide)
+    if guide is not None:
+        check_guide(model, guide)
+        denoiser = AutoguidedDenoiser(base, with_precision(guide.denoiser, req.precision), req.guidance, **options)
+    elif text is not None:
+        denoiser = CFGDenoiser(base, req.guidance, uncond=null_text(null), **options)
+    elif labels is not None:
+        denoiser = CFGDenoiser(base, req.guidance, **options)
+    else:
+        denoiser = base
     return shaped(denoiser, req.eps_scale, req.clip_x0), labels, text
 
 
@@ -96,12 +121,14 @@ def cond_for(labels: Tensor | None, text: Any, rows: range) -> Any:
 
 @torch.no_grad()
 def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
-             callback: Callable[..., Any] | None = None) -> tuple[Tensor, Tensor | None]:
+             callback: Callable[..., Any] | None = None,
+             guide: LoadedModel | None = None) -> tuple[Tensor, Tensor | None]:
     """(n, C, H, W) images in [-1, 1]; sample i depends only on seed + i (and its class).
 
     ``callback(i, σ, x, x0_hat)`` is called at every step of every batch, as by the samplers; x and x0_hat are in
     the model's space (``model.space.decode(x0_hat)`` previews a latent model's image). The result is decoded.
-    The network runs in ``req.precision``. Also makes this process keep freed memory for reuse
+    The network runs in ``req.precision``; ``guide`` is an autoguidance model already loaded (default: the one
+    ``req.autoguide`` names, if any). Also makes this process keep freed memory for reuse
     (:func:`~undiffuse.nets.cpu.keep_freed_memory`): at batch 64 with guidance, activations over 32 MiB
     were page-faulted in afresh at every step (per step 1.39× faster in fp32, 1.09× in bf16; bench/README.md).
     """
@@ -113,7 +140,7 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
         raise UndiffuseError(f"{model.source} is not text-conditioned: it takes no prompt")
     sampler = samplers.get(req.sampler)
     sigmas = request_sigmas(model, req)
-    denoiser, labels, text = guided_denoiser(model, req)
+    denoiser, labels, text = guided_denoiser(model, req, guide)
     keep_freed_memory()
     shape = model.space.shape  # (C, H, W) of the space it samples in: pixels, or an autoencoder's latents
     out = []
@@ -143,8 +170,12 @@ def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels:
     base = {"model": model.source, **{k: v for k, v in asdict(req).items() if k not in ("n", "batch_size", "label")}}
     if not model.text_conditioned:
         base.pop("prompt")
-    if labels is None and not model.text_conditioned:
-        base.pop("guidance")
+    unguided = labels is None and not model.text_conditioned and req.autoguide is None
+    for key, off in (("guidance", unguided), ("guidance_interval", unguided or req.guidance_interval is None),
+                     ("guidance_rescale", unguided or not req.guidance_rescale),
+                     ("autoguide", req.autoguide is None)):
+        if off:
+            base.pop(key)
     for i, img in enumerate(images):
         params = {**base, "seed": req.seed + i}
         if labels is not None:
