@@ -17,16 +17,18 @@ the fraction is of the best bf16 GEMM measured in the same run (``peers.gemm_pea
 trained from scratch for the same wall time each, scored by bench/text_model.py (hit@k, caption similarity,
 colour words).
 
-``quality``: each contender trains from its recipe for the same wall time (``train.max_seconds``), one after the
-other, alone on the cores; then ``undiffuse evaluate`` scores it (classifier features: FD and the shipped
-classifier's accuracy on the asked class, n images, DPM-Solver++(2M), 20 steps, guidance 2) against held-out
-Fashion-MNIST. Results: Markdown tables on stdout and merged into --json.
+``quality``: each contender trains from its recipe for the same wall time (``train.max_seconds``), ``--parallel``
+of them side by side on an equal share of the cores (nothing else running); then ``undiffuse evaluate`` scores
+each (classifier features: FD and the shipped classifier's accuracy on the asked class, n images,
+DPM-Solver++(2M), 20 steps, guidance 2) against held-out Fashion-MNIST. Results: Markdown tables on stdout
+and merged into --json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -147,32 +149,71 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     return {"set": args.set, "peak_bf16_gflops": peak, "rows": rows}
 
 
+def train_together(jobs: dict[str, tuple[Path, list[str]]], parallel: int, cores: int) -> None:
+    """Train the runs ``jobs`` (name → (recipe, --set overrides)) ``parallel`` at a time, each on cores // parallel
+    threads: contenders that train side by side get the same cores and the same wall time."""
+    threads = max(1, cores // parallel)
+    names = list(jobs)
+    for i in range(0, len(names), parallel):
+        procs = []
+        for name in names[i:i + parallel]:
+            recipe, sets = jobs[name]
+            cmd = [sys.executable, "-m", "undiffuse", "train", str(recipe), "--no-progress"]
+            for s in [*sets, f"train.threads={threads}"]:
+                cmd += ["--set", s]
+            procs.append((name, subprocess.Popen(cmd, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})))
+        for name, proc in procs:
+            if proc.wait():
+                raise SystemExit(f"training {name} failed (exit {proc.returncode})")
+
+
+def last_log(run: Path) -> dict[str, Any]:
+    """The last loss line of a run's log.jsonl (its step, img/s, seconds)."""
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line][-1]
+
+
+def timed_sets(run: Path, seconds: float) -> list[str]:
+    return [f"out_dir='{run}'", f"train.max_seconds={seconds}", "train.steps=1000000", "train.sample_every=0",
+            "train.checkpoint_every=500"]
+
+
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     """Train every Fashion-MNIST contender for the same wall time, then evaluate each."""
     out = Path(args.out)
-    rows = {}
+    jobs, runs = {}, {}
     for name, (recipe, overrides, shape) in SETS["fashion-mnist"].items():
         latent = shape[0] != 1
         if latent and not args.autoencoder:
             print(f"skipping {name}: give --autoencoder (a trained configs/fashion-mnist-autoencoder.toml run)")
             continue
         run = out / (name.split(" ")[0].replace("/", "-") + ("-latent" if latent else "-pixels"))
-        sets = [*overrides, f"out_dir='{run}'", f"train.max_seconds={args.seconds}", "train.steps=1000000",
-                "train.sample_every=0", "train.checkpoint_every=500"]
+        sets = [*overrides, *timed_sets(run, args.seconds)]
         if latent:
             sets += ["space.kind='latent'", f"space.autoencoder='{args.autoencoder}'"]
-        cmd = [sys.executable, "-m", "undiffuse", "train", str(ROOT / "configs" / f"{recipe}.toml"), "--no-progress"]
-        for s in sets:
-            cmd += ["--set", s]
-        subprocess.run(cmd, check=True)
+        jobs[name], runs[name] = (ROOT / "configs" / f"{recipe}.toml", sets), run
+    if args.phase in ("all", "train"):
+        train_together(jobs, args.parallel, args.cores)
+    if args.phase == "train":
+        return {}
+    rows = {}
+    for name, run in runs.items():
         ev = run / "evaluate"
         subprocess.run([sys.executable, "-m", "undiffuse", "evaluate", str(run), "--features", "classifier",
-                        "--samplers", "dpmpp_2m", "--steps", "20", "--n", str(args.n), "--out", str(ev)], check=True)
+                        "--samplers", "dpmpp_2m", "--steps", "20", "--n", str(args.n), "--out", str(ev),
+                        "--no-progress"], check=True)
         report = json.loads((ev / "evaluation.json").read_text())
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
-        rows[name] = {"steps": log[-1]["step"], "img_per_s": log[-1]["img_per_s"], "evaluation": report}
-        print(name, json.dumps(rows[name])[:400])
-    return {"seconds": args.seconds, "n": args.n, "rows": rows}
+        log = last_log(run)
+        rows[name] = {"steps": log["step"], "img_per_s": log["img_per_s"], "fd": report["rows"][0]["scores"]["fid"],
+                      "accuracy": report["rows"][0]["accuracy"], "floor_fd": report["floor"]["fid"],
+                      "evaluation": report}
+    print(f"\nFashion-MNIST 32×32, class-conditional: {args.seconds:.0f} s of training each, {args.parallel} side by "
+          f"side on {max(1, args.cores // args.parallel)} thread(s) each; FD in the shipped classifier's features and "
+          f"its accuracy on the asked class, n = {args.n}, DPM-Solver++(2M) 20 steps, guidance 2 "
+          f"(real-vs-real FD floor {next(iter(rows.values()))['floor_fd']:.2f})\n")
+    print("| contender | steps | img/s | FD | class accuracy |\n|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['steps']} | {r['img_per_s']:.1f} | {r['fd']:.2f} | {100 * r['accuracy']:.1f} % |")
+    return {"seconds": args.seconds, "n": args.n, "parallel": args.parallel, "rows": rows}
 
 
 TEXT_ATTENTION = {"cross (PixArt-α)": "cross", "joint (SD3 MM-DiT)": "joint"}
@@ -182,32 +223,35 @@ def text_attention(args: argparse.Namespace) -> dict[str, Any]:
     """Cross vs joint attention to the prompt: the emoji-dit recipe (DiT-XS/2, latent, with the colour captions of
     stage 2) trained from scratch for the same wall time each, then scored by bench/text_model.py."""
     out = Path(args.out)
-    rows = {}
+    jobs, runs = {}, {}
     for name, kind in TEXT_ATTENTION.items():
         run = out / f"text-{kind}"
-        sets = [f"model.text_attention='{kind}'", "data.recolour=1", f"out_dir='{run}'",
-                f"space.autoencoder='{args.autoencoder}'", f"train.max_seconds={args.seconds}", "train.steps=1000000",
-                "train.sample_every=0", "train.checkpoint_every=500"]
-        cmd = [sys.executable, "-m", "undiffuse", "train", str(ROOT / "configs" / "emoji-dit.toml"), "--no-progress"]
-        for s in sets:
-            cmd += ["--set", s]
-        subprocess.run(cmd, check=True)
+        sets = [f"model.text_attention='{kind}'", "data.recolour=1", f"space.autoencoder='{args.autoencoder}'",
+                *timed_sets(run, args.seconds)]
+        jobs[name], runs[name] = (ROOT / "configs" / "emoji-dit.toml", sets), run
+    if args.phase in ("all", "train"):
+        train_together(jobs, args.parallel, args.cores)
+    if args.phase == "train":
+        return {}
+    rows = {}
+    for name, run in runs.items():
         report = run / "text_model.json"
         subprocess.run([sys.executable, str(ROOT / "bench" / "text_model.py"), "--model", str(run), "--prompts",
                         str(args.prompts), "--colour-seeds", "2", "--free-grid", str(run / "free.png"),
-                        "--json", str(report)], check=True)
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+                        "--json", str(report), "--threads", str(args.cores)], check=True)
         params = sum(v.numel() for k, v in load_checkpoint(run / "model.safetensors")[0].items()
                      if k.startswith("ema."))
-        rows[name] = {"steps": log[-1]["step"], "img_per_s": log[-1]["img_per_s"], "params": params,
+        log = last_log(run)
+        rows[name] = {"steps": log["step"], "img_per_s": log["img_per_s"], "params": params,
                       **json.loads(report.read_text())}
-    print(f"\ntext attention, {args.seconds:.0f} s of training each, {args.prompts} prompts\n")
+    print(f"\ntext attention, {args.seconds:.0f} s of training each, {args.parallel} side by side, "
+          f"{args.prompts} prompts\n")
     print("| attention | params | steps | img/s | hit@1 | hit@10 | caption sim | colour words |\n"
           "|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['params'] / 1e6:.1f} M | {r['steps']} | {r['img_per_s']:.1f} | {100 * r['hit1']:.0f} % | "
               f"{100 * r['hitk']:.0f} % | {r['sim_nearest']:.3f} | {100 * r['colour']['followed']:.0f} % |")
-    return {"seconds": args.seconds, "prompts": args.prompts, "rows": rows}
+    return {"seconds": args.seconds, "prompts": args.prompts, "parallel": args.parallel, "rows": rows}
 
 
 def main() -> None:
@@ -227,11 +271,16 @@ def main() -> None:
     t.add_argument("--prompts", type=int, default=100)
     t.add_argument("--autoencoder", default=str(Path.home() / "runs" / "emoji-autoencoder"))
     t.add_argument("--out", default=str(Path.home() / "runs" / "backbones"))
+    for a in (q, t):
+        a.add_argument("--parallel", type=int, default=2, help="contenders trained side by side (same cores each)")
+        a.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+        a.add_argument("--phase", choices=("all", "train", "evaluate"), default="all",
+                       help="train only (the timed part, on quiet cores), evaluate the trained runs only, or both")
     for a in (s, q, t):
         a.add_argument("--json", default="")
     args = p.parse_args()
     res = {"speed": speed, "quality": quality, "text": text_attention}[args.part](args)
-    if args.json:
+    if args.json and res:
         path = Path(args.json)
         old = json.loads(path.read_text()) if path.is_file() else {}
         key = f"{args.part}-{getattr(args, 'set', 'emoji' if args.part == 'text' else 'fashion-mnist')}"

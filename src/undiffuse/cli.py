@@ -78,7 +78,7 @@ def train(
         again = " ".join(["undiffuse train", str(config), *(f"--set {o}" for o in set_ or []), "--resume"])
         typer.echo(f"{stop}; continue with: {again}", err=True)
         raise SystemExit(130) from None
-    typer.echo(f"trained {cfg.name} to step {cfg.train.steps}: {out / 'model.safetensors'}")
+    typer.echo(f"trained {cfg.name}: {out / 'model.safetensors'}")
 
 
 # Options shared by `sample` and `generate`.
