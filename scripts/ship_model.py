@@ -61,6 +61,8 @@ def main() -> None:
     if not args.fp32:
         weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
+    if meta["config"]["train"].get("init"):  # a fine-tune names the run it started from as its recipe does
+        meta["config"]["train"]["init"] = f"runs/{Path(meta['config']['train']['init']).name}"
     if "autoencoder" in meta:  # a latent model carries its autoencoder: name it as its recipe does, not by a path
         name = meta["autoencoder"]["config"]["name"]
         meta["config"]["space"]["autoencoder"] = f"runs/{name}"

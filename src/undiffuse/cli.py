@@ -88,6 +88,8 @@ GridOpt = Annotated[str, typer.Option(help="σ grid: karras, exponential, leadin
 NOpt = Annotated[int, typer.Option(help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")]
+ModelGuidanceOpt = Annotated[float | None, typer.Option(
+    help="Classifier-free guidance scale (1 = plain conditional; default: the model's recipe's).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 PrecisionOpt = Annotated[str, typer.Option(help="The network's precision: bf16 (autocast; ~2.4× fp32 on this "
@@ -166,9 +168,9 @@ def sample(
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. \"a red heart\".")],
     model: Annotated[str, typer.Option(help="A text-conditioned run folder, checkpoint or shipped model.")]
-    = "emoji",
+    = "emoji-dit",
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 8,
-    seed: SeedOpt = 0, guidance: GuidanceOpt = 3.0, out: OutOpt = Path("out/generate"),
+    seed: SeedOpt = 0, guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/generate"),
     progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
@@ -182,6 +184,7 @@ def generate(
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
+    guidance = loaded.config.sample.guidance if guidance is None else guidance
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
                         precision=precision, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0,
                         eps_scale=eps_scale, **guiding)
