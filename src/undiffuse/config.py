@@ -24,6 +24,9 @@ BACKBONES = ("unet", "dit", "mlp", "autoencoder")
 SPACES = ("pixels", "latent")
 
 
+CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")  # data sets with captions (text models)
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
@@ -182,7 +185,6 @@ class Config:
             from .nets.dit import dit_size
             dit_size(self.model.dit_size)
         if self.model.text_attention == "joint":
-            from .data.training import CAPTIONED
             if self.model.backbone != "dit":
                 raise UndiffuseError(f"model.text_attention = 'joint' needs model.backbone = 'dit', got "
                                      f"{self.model.backbone!r}")

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import Config, DataConfig
+from ..config import CAPTIONED, Config, DataConfig
 from ..errors import UndiffuseError
 from .images import ImageData
 
@@ -100,9 +100,6 @@ class TextImageData:
         start, count = self.offsets[indices], self.offsets[indices + 1] - self.offsets[indices]
         pick = start + (torch.rand(len(indices), generator=generator) * count).long()
         return x0, self.table[pick]
-
-
-CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")
 
 
 def _captioned_loader(name: str):
