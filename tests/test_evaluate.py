@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from undiffuse import samplers
 from undiffuse.cli import app, main
 from undiffuse.errors import UndiffuseError
 from undiffuse.evaluation.evaluate import EvalSettings, evaluate
@@ -59,7 +60,7 @@ def test_feature_cache_computes_once_and_recovers_from_damage(tmp_path):
 def test_evaluate_command_end_to_end(digits_run, tmp_path, monkeypatch):
     monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
     out = tmp_path / "eval"
-    args = ["evaluate", str(digits_run), "--n", "12", "--steps", "3", "--samplers", "ddim,heun",
+    args = ["evaluate", str(digits_run), "--n", "12", "--steps", "5", "--samplers", "ddim,heun",
             "--out", str(out), "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -67,7 +68,11 @@ def test_evaluate_command_end_to_end(digits_run, tmp_path, monkeypatch):
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["n"] == 12 and ev["features"] == "inception" and "no held-out split" in ev["reference"]
     nfe = {(r["sampler"], r["steps"]): r["nfe"] for r in ev["rows"]}
-    assert nfe == {("ddim", 3): 3, ("heun", 3): 5}      # Heun: 2 per step, 1 for the last
+    # Heun: 2 per step, 1 for the last and for steps longer than H_MAX_RK in λ (on this 5-step Karras grid, h = 1.4,
+    # 1.8, 2.4, 3.8: one 2-evaluation step)
+    grid = load_model(digits_run).sigmas(5).tolist()
+    heun = sum(samplers.step_order(a, b, 2, samplers.H_MAX_RK) for a, b in zip(grid, grid[1:]))
+    assert nfe == {("ddim", 5): 5, ("heun", 5): heun} and heun == 6
     for row in ev["rows"]:
         s = row["scores"]
         assert s["fid"] > ev["floor"]["fid"] > 0                  # a 4-step model is far from the data

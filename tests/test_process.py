@@ -132,8 +132,10 @@ def test_user_list_and_named_grids():
     assert process.sigmas_from_list([3.0, 1.0, 0.5]).tolist() == [3.0, 1.0, 0.5, 0.0]
     assert process.sigmas_from_list([3.0, 0.0]).tolist() == [3.0, 0.0]
     sched = DiscreteSchedule.from_name("linear")
-    g = process.sigma_grid("karras", 5, schedule=sched)
-    assert float(g[0]) == pytest.approx(sched.sigma_max) and float(g[-2]) == pytest.approx(sched.sigma_min)
+    g = process.sigma_grid("karras", 5, schedule=sched)  # the linear chain's σ_max is 157: the grid starts at 80
+    assert float(g[0]) == pytest.approx(process.GRID_SIGMA_MAX) and float(g[-2]) == pytest.approx(sched.sigma_min)
+    low = DiscreteSchedule.from_name("scaled_linear")     # σ_max 14.6: a chain that ends lower keeps its own end
+    assert float(process.sigma_grid("exponential", 5, schedule=low)[0]) == pytest.approx(low.sigma_max)
     with pytest.raises(UndiffuseError, match="known: leading, trailing"):
         process.sigma_grid("cubic", 5, schedule=sched)
 

@@ -96,9 +96,10 @@ def sigma_range(cfg: Config) -> tuple[float, float]:
 
 def config_sigmas(cfg: Config, steps: int, grid: str | None = None, sigma_min: float | None = None,
                   sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
-    """A sampling grid (default: the config's ``sample.grid``) over the model's σ range, or over
-    [sigma_min, sigma_max] where given (karras, exponential and flow grids; ``rho``: the Karras exponent). A flow
-    model's ``flow`` grid is spaced as diffusers' FlowMatchEuler timesteps with the model's ``diffusion.flow_shift``."""
+    """A sampling grid (default: the config's ``sample.grid``) over the model's σ range (on a discrete chain σ_max
+    capped at :data:`~undiffuse.process.GRID_SIGMA_MAX`), or over [sigma_min, sigma_max] where given (karras,
+    exponential and flow grids; ``rho``: the Karras exponent). A flow model's ``flow`` grid is spaced as diffusers'
+    FlowMatchEuler timesteps with the model's ``diffusion.flow_shift``."""
     schedule = build_schedule(cfg)
     if schedule is None:  # a continuous-σ model: its own range (EDM's, or flow's) unless given
         lo, hi = sigma_range(cfg)

@@ -8,6 +8,7 @@
 
 # Import order is the order of names(): the DDPM family, Runge–Kutta, multistep, adaptive.
 from . import ddpm, euler, lms, dpmpp, unipc, adaptive  # noqa: F401, I001  (registers the samplers)
-from .registry import SamplerInfo, get, info, make_generators, names, randn, register
+from .registry import H_MAX, H_MAX_RK, SamplerInfo, get, info, make_generators, names, randn, register, step_order
 
-__all__ = ["SamplerInfo", "get", "info", "make_generators", "names", "randn", "register"]
+__all__ = ["H_MAX", "H_MAX_RK", "SamplerInfo", "get", "info", "make_generators", "names", "randn", "register",
+           "step_order"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
-from .registry import register
+from .registry import H_MAX_RK, register, step_order
 
 
 @register("euler", order=1, stochastic=False)
@@ -39,8 +39,12 @@ def euler_ancestral(model, x, sigmas, noise, callback, eta: float = 1.0, s_noise
 
 @register("heun", order=2, stochastic=False)
 def heun(model, x, sigmas, noise, callback, s_churn: float = 0.0, s_tmin: float = 0.0,
-         s_tmax: float = math.inf, s_noise: float = 1.0):
-    """Heun's 2nd-order method with optional churn (Karras et al. 2022, Algorithm 2)."""
+         s_tmax: float = math.inf, s_noise: float = 1.0, h_max: float = H_MAX_RK):
+    """Heun's 2nd-order method with optional churn (Karras et al. 2022, Algorithm 2).
+
+    Steps longer than ``h_max`` in λ = −ln σ, and the last step to σ = 0, are Euler steps
+    (:data:`~undiffuse.samplers.registry.H_MAX_RK`).
+    """
     n = len(sigmas) - 1
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         # Churn: raise the noise level to σ̂ = σ(1+γ) by adding fresh noise.
@@ -52,7 +56,7 @@ def heun(model, x, sigmas, noise, callback, s_churn: float = 0.0, s_tmin: float 
         callback(i, sigma_hat, x, x0_hat)
         d = (x - x0_hat) / sigma_hat
         x_next = x + d * (sigma_next - sigma_hat)
-        if sigma_next > 0:  # 2nd-order correction; the last step to σ = 0 stays Euler
+        if step_order(sigma_hat, sigma_next, 2, h_max) == 2:  # the 2nd-order correction
             d_next = (x_next - model(x_next, sigma_next)) / sigma_next
             x_next = x + (d + d_next) / 2 * (sigma_next - sigma_hat)
         x = x_next
@@ -60,13 +64,17 @@ def heun(model, x, sigmas, noise, callback, s_churn: float = 0.0, s_tmin: float 
 
 
 @register("dpm_2", order=2, stochastic=False)
-def dpm_2(model, x, sigmas, noise, callback):
-    """DPM-Solver-2 as a midpoint method in log σ (Lu et al. 2022; Karras et al. 2022, Algorithm 2 variant)."""
+def dpm_2(model, x, sigmas, noise, callback, h_max: float = H_MAX_RK):
+    """DPM-Solver-2 as a midpoint method in log σ (Lu et al. 2022; Karras et al. 2022, Algorithm 2 variant).
+
+    Steps longer than ``h_max`` in λ = −ln σ, and the last step to σ = 0, are Euler steps
+    (:data:`~undiffuse.samplers.registry.H_MAX_RK`).
+    """
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         x0_hat = model(x, sigma)
         callback(i, sigma, x, x0_hat)
         d = (x - x0_hat) / sigma
-        if sigma_next == 0:
+        if step_order(sigma, sigma_next, 2, h_max) == 1:
             x = x + d * (sigma_next - sigma)
             continue
         sigma_mid = math.sqrt(sigma * sigma_next)  # the midpoint in log σ

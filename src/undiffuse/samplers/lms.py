@@ -8,7 +8,7 @@ from itertools import pairwise
 import numpy as np
 
 from ..errors import UndiffuseError
-from .registry import register
+from .registry import H_MAX, register, step_order
 
 
 def lagrange_integral(nodes: list[float], j: int, a: float, b: float) -> float:
@@ -21,8 +21,12 @@ def lagrange_integral(nodes: list[float], j: int, a: float, b: float) -> float:
 
 
 @register("lms", order=4, stochastic=False)
-def lms(model, x, sigmas, noise, callback, order: int = 4):
-    """Linear multistep of order ≤ 4: integrate the polynomial through the last dx/dσ's (as in PNDM/k-diffusion)."""
+def lms(model, x, sigmas, noise, callback, order: int = 4, h_max: float = H_MAX):
+    """Linear multistep of order ≤ 4: integrate the polynomial through the last dx/dσ's (as in PNDM/k-diffusion).
+
+    Steps longer than ``h_max`` in λ = −ln σ, and the last step to σ = 0 (onto x̂0), are Euler steps
+    (:data:`~undiffuse.samplers.registry.H_MAX`).
+    """
     if order < 1:
         raise UndiffuseError(f"lms needs order ≥ 1, got {order}")
     derivatives = []  # dx/dσ at the last few grid points, oldest first
@@ -30,6 +34,7 @@ def lms(model, x, sigmas, noise, callback, order: int = 4):
         x0_hat = model(x, sigma)
         callback(i, sigma, x, x0_hat)
         derivatives = (derivatives + [(x - x0_hat) / sigma])[-order:]
-        nodes = sigmas[i + 1 - len(derivatives): i + 1]
-        x = x + sum(lagrange_integral(nodes, j, sigma, sigma_next) * d for j, d in enumerate(derivatives))
+        k = step_order(sigma, sigma_next, len(derivatives), h_max)  # use the last k of them
+        nodes = sigmas[i + 1 - k: i + 1]
+        x = x + sum(lagrange_integral(nodes, j, sigma, sigma_next) * d for j, d in enumerate(derivatives[-k:]))
     return x

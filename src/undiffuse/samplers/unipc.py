@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from ..errors import UndiffuseError
-from .registry import register
+from .registry import H_MAX, register, step_order
 
 
 def _phi_rhs(hh: float, b_h: float, order: int) -> np.ndarray:
@@ -55,8 +55,12 @@ def uni_step(x: Tensor, sigma_hist: list[float], x0_hist: list[Tensor], sigma_ne
 
 
 @register("unipc", order=3, stochastic=False)
-def unipc(model, x, sigmas, noise, callback, order: int = 2, variant: str = "bh2"):
-    """UniPC-p with the UniC corrector (Zhao et al. 2023); ``variant`` B(h) = e^h - 1 ("bh2") or h ("bh1")."""
+def unipc(model, x, sigmas, noise, callback, order: int = 2, variant: str = "bh2", h_max: float = H_MAX):
+    """UniPC-p with the UniC corrector (Zhao et al. 2023); ``variant`` B(h) = e^h - 1 ("bh2") or h ("bh1").
+
+    The predictor of a step longer than ``h_max`` in λ = −ln σ is UniP-1
+    (:data:`~undiffuse.samplers.registry.H_MAX`); UniC still corrects it.
+    """
     if variant not in ("bh1", "bh2"):
         raise UndiffuseError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
     if order < 1:
@@ -71,6 +75,7 @@ def unipc(model, x, sigmas, noise, callback, order: int = 2, variant: str = "bh2
         callback(i, sigma, x, x0_hat)
         sigma_hist, x0_hist = (sigma_hist + [sigma])[-order:], (x0_hist + [x0_hat])[-order:]
         last_order = min(order, n - i, len(x0_hist))  # warm up, and lower order at the end
+        last_order = step_order(sigma, sigma_next, last_order, h_max)
         x_start = x
         x = uni_step(x, sigma_hist, x0_hist, sigma_next, last_order, variant)
     return x
