@@ -42,6 +42,23 @@ def test_train_then_sample(tmp_path):
         assert a.tobytes() == b.tobytes()
 
 
+def test_sample_defaults_come_from_the_model_card(tmp_path):
+    run = tmp_path / "run"
+    card = ["--set", "sample.sampler='euler'", "--set", "sample.steps=3", "--set", "sample.grid='exponential'",
+            "--set", "sample.guidance=1.5"]
+    result = CliRunner().invoke(app, ["train", str(ROOT / "configs" / "digits-smoke.toml"), "--no-progress",
+                                      "--set", f"out_dir='{run}'", "--set", "train.steps=2", *card])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "samples"
+    result = CliRunner().invoke(app, ["sample", str(run), "--n", "2", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0 and "with euler, 3 steps" in result.output, result.output
+    params = read_params(sorted(out.glob("0*.png"))[0])
+    assert (params["sampler"], params["steps"], params["grid"], params["guidance"]) == ("euler", 3, "exponential", 1.5)
+    result = CliRunner().invoke(app, ["sample", str(run), "--n", "1", "--steps", "2", "--sampler", "ddim",
+                                      "--out", str(out), "--no-progress"])  # given options win over the card
+    assert result.exit_code == 0 and "with ddim, 2 steps" in result.output, result.output
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sample", "no-such-model"], "error: no model 'no-such-model'"),
     (["train", "missing.toml"], "error: config file not found: missing.toml"),

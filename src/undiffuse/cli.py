@@ -84,7 +84,12 @@ def train(
 # Options shared by `sample` and `generate`.
 SamplerOpt = Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")]
 StepsOpt = Annotated[int, typer.Option(help="Sampling steps.")]
-GridOpt = Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace.")]
+GridOpt = Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace, flow.")]
+CardSamplerOpt = Annotated[str | None, typer.Option("--sampler", help="Sampler name (see `undiffuse samplers`; "
+                                                    "default: the model card's).")]
+CardStepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: the model card's).")]
+CardGridOpt = Annotated[str | None, typer.Option("--grid", help="σ grid: karras, exponential, leading, trailing, "
+                                                 "linspace, flow (default: the model card's).")]
 NOpt = Annotated[int, typer.Option(help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")]
@@ -136,15 +141,23 @@ def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
     return write_images(loaded, req, images, labels, out), time.perf_counter() - t0
 
 
+def _card_defaults(loaded, sampler: str | None, steps: int | None, grid: str | None,
+                   guidance: float | None) -> tuple[str, int, str, float]:
+    """The options left out, from the model card's [sample] section (the settings it was measured with)."""
+    card = loaded.config.sample
+    return (sampler or card.sampler, card.steps if steps is None else steps, grid or card.grid,
+            card.guidance if guidance is None else guidance)
+
+
 @app.command()
 def sample(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
     = "fashion-mnist",
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 16,
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, grid: CardGridOpt = None, n: NOpt = 16,
     seed: SeedOpt = 0,
     class_: Annotated[str | None, typer.Option("--class", help="Class name or index (default: all classes "
                                                "in turn, for a conditional model).")] = None,
-    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
+    guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
     precision: PrecisionOpt = "bf16",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
@@ -156,6 +169,7 @@ def sample(
 
     guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
+    sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
                         label=parse_class(loaded, class_), guidance=guidance, precision=precision,
                         sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale,
@@ -169,7 +183,7 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. \"a red heart\".")],
     model: Annotated[str, typer.Option(help="A text-conditioned run folder, checkpoint or shipped model.")]
     = "emoji-dit",
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, grid: GridOpt = "karras", n: NOpt = 8,
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, grid: CardGridOpt = None, n: NOpt = 8,
     seed: SeedOpt = 0, guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/generate"),
     progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
@@ -184,7 +198,7 @@ def generate(
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
-    guidance = loaded.config.sample.guidance if guidance is None else guidance
+    sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
                         precision=precision, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0,
                         eps_scale=eps_scale, **guiding)
