@@ -149,6 +149,13 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     return {"set": args.set, "peak_bf16_gflops": peak, "rows": rows}
 
 
+def train_phase(jobs: dict[str, tuple[Path, list[str]]], args: argparse.Namespace) -> bool:
+    """Train the contenders unless ``--phase evaluate``; whether they are to be evaluated now."""
+    if args.phase in ("all", "train"):
+        train_together(jobs, args.parallel, args.cores)
+    return args.phase != "train"
+
+
 def train_together(jobs: dict[str, tuple[Path, list[str]]], parallel: int, cores: int) -> None:
     """Train the runs ``jobs`` (name → (recipe, --set overrides)) ``parallel`` at a time, each on cores // parallel
     threads: contenders that train side by side get the same cores and the same wall time."""
@@ -172,6 +179,18 @@ def last_log(run: Path) -> dict[str, Any]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line][-1]
 
 
+def paired_losses(runs: dict[str, Path]) -> dict[str, dict[int, float]]:
+    """The logged training loss of each run at every step all of them logged, as a Markdown table: with the same seed
+    the runs see the same batches and noise, so equal steps are a paired comparison."""
+    logs = {name: {d["step"]: d["loss"] for d in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                   if "loss" in d} for name, run in runs.items()}
+    common = sorted(set.intersection(*(set(log) for log in logs.values())))
+    print("\n| step | " + " | ".join(logs) + " |\n|---|" + "---|" * len(logs))
+    for step in common:
+        print(f"| {step} | " + " | ".join(f"{log[step]:.4f}" for log in logs.values()) + " |")
+    return {name: {step: log[step] for step in common} for name, log in logs.items()}
+
+
 def timed_sets(run: Path, seconds: float) -> list[str]:
     return [f"out_dir='{run}'", f"train.max_seconds={seconds}", "train.steps=1000000", "train.sample_every=0",
             "train.checkpoint_every=500"]
@@ -191,9 +210,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         if latent:
             sets += ["space.kind='latent'", f"space.autoencoder='{args.autoencoder}'"]
         jobs[name], runs[name] = (ROOT / "configs" / f"{recipe}.toml", sets), run
-    if args.phase in ("all", "train"):
-        train_together(jobs, args.parallel, args.cores)
-    if args.phase == "train":
+    if not train_phase(jobs, args):
         return {}
     rows = {}
     for name, run in runs.items():
@@ -229,10 +246,10 @@ def text_attention(args: argparse.Namespace) -> dict[str, Any]:
         sets = [f"model.text_attention='{kind}'", "data.recolour=1", f"space.autoencoder='{args.autoencoder}'",
                 *timed_sets(run, args.seconds)]
         jobs[name], runs[name] = (ROOT / "configs" / "emoji-dit.toml", sets), run
-    if args.phase in ("all", "train"):
-        train_together(jobs, args.parallel, args.cores)
-    if args.phase == "train":
-        return {}
+    evaluate = train_phase(jobs, args)
+    losses = paired_losses(runs)
+    if not evaluate:
+        return {"seconds": args.seconds, "losses": losses}
     rows = {}
     for name, run in runs.items():
         report = run / "text_model.json"
@@ -251,7 +268,8 @@ def text_attention(args: argparse.Namespace) -> dict[str, Any]:
     for name, r in rows.items():
         print(f"| {name} | {r['params'] / 1e6:.1f} M | {r['steps']} | {r['img_per_s']:.1f} | {100 * r['hit1']:.0f} % | "
               f"{100 * r['hitk']:.0f} % | {r['sim_nearest']:.3f} | {100 * r['colour']['followed']:.0f} % |")
-    return {"seconds": args.seconds, "prompts": args.prompts, "parallel": args.parallel, "rows": rows}
+    return {"seconds": args.seconds, "prompts": args.prompts, "parallel": args.parallel, "losses": losses,
+            "rows": rows}
 
 
 def main() -> None:

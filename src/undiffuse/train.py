@@ -310,9 +310,9 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         if "config" not in meta:
             raise UndiffuseError(f"train.init: {path} carries no config; give a run folder or a model file")
-        theirs = to_dict(config_from_json(json.dumps(meta["config"])))["model"]
-        if theirs != to_dict(self.cfg)["model"]:
-            differ = sorted(k for k in theirs if theirs[k] != to_dict(self.cfg)["model"].get(k))
+        theirs, ours = to_dict(config_from_json(json.dumps(meta["config"])))["model"], to_dict(self.cfg)["model"]
+        if theirs != ours:
+            differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
             raise UndiffuseError(f"train.init: {source} has another network (model.{', model.'.join(differ)} "
                                  "differ); fine-tuning needs the same [model] section")
         load_module_state(self.net, group(tensors, "ema") or group(tensors, "model"), what=f"train.init {source}")
