@@ -1,16 +1,19 @@
-"""Sampling with the network in bf16: close to fp32, the sampler's state still fp32, fp32 unchanged."""
+"""Sampling with the network in bf16: close to fp32, the sampler's state still fp32, fp32 unchanged; "auto" picks
+bf16 only where the CPU multiplies it natively."""
 
 import pytest
 from conftest import random_model
 import torch
 
 from undiffuse import samplers
-from undiffuse.config import Config, DataConfig, DiffusionConfig, ModelConfig
+from undiffuse.config import Config, DataConfig, DiffusionConfig, ModelConfig, TrainConfig
 from undiffuse.denoiser import AutocastDenoiser, with_precision
 from undiffuse.errors import UndiffuseError
 from undiffuse.guidance import CFGDenoiser
 from undiffuse.models import LoadedModel
-from undiffuse.nets.cpu import DEFAULT_INFERENCE_PRECISION, PRECISIONS, inference_autocast
+from undiffuse.nets import cpu
+from undiffuse.nets.cpu import DEFAULT_INFERENCE_PRECISION, PRECISIONS, inference_autocast, resolve_precision
+from undiffuse.train import trains_in_bf16
 from undiffuse.sampling import SampleRequest, generate
 from undiffuse.tasks import denoise, inpaint
 
@@ -35,13 +38,43 @@ def tiny() -> LoadedModel:
 
 
 def test_the_default_is_the_benchs_choice():
-    # bench/inference_levers.py: bf16 autocast is the fastest setting whose images match fp32 (bench/README.md)
-    assert DEFAULT_INFERENCE_PRECISION == "bf16" and SampleRequest().precision == "bf16"
-    assert set(PRECISIONS) == {"bf16", "fp32"}
+    # bench/inference_levers.py: bf16 autocast is the fastest setting whose images match fp32 where the CPU has
+    # AVX512-BF16; on an AVX2-only CPU emulated bf16 is many times slower (bench/README.md)
+    assert DEFAULT_INFERENCE_PRECISION == "auto" and SampleRequest().precision == "auto"
+    assert set(PRECISIONS) == {"auto", "bf16", "fp32"}
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 amx_tile", True), ("fpu sse avx2 fma", False),
+                                           ("fpu avx512f avx512bw avx512_vnni", False), ("amx_bf16 amx_tile", True)])
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch, flags, native):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu.cpu_flags(info) == set(flags.split())
+    assert cpu.cpu_flags(tmp_path / "missing") is None
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(flags.split()))
+    cpu.native_bf16.cache_clear()
+    try:
+        assert cpu.native_bf16("cpu") is native
+        assert resolve_precision("auto") == ("bf16" if native else "fp32")
+        assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32") == "fp32"  # asked for: kept
+        assert trains_in_bf16(Config()) is native and not trains_in_bf16(Config(train=TrainConfig(bf16=False)))
+    finally:
+        cpu.native_bf16.cache_clear()
+
+
+def test_auto_runs_the_network_in_the_resolved_precision(tiny):
+    net_dtypes = []
+    hook = tiny.denoiser.net.inp.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype))
+    try:
+        generate(tiny, SampleRequest(n=2, steps=2, precision="auto"), progress=False)
+    finally:
+        hook.remove()
+    want = torch.bfloat16 if resolve_precision("auto") == "bf16" else torch.float32
+    assert net_dtypes and all(d == want for d in net_dtypes)
 
 
 def test_bf16_and_fp32_sampling_agree(tiny):
-    req = SampleRequest(n=6, steps=8, seed=3, guidance=2.0)
+    req = SampleRequest(n=6, steps=8, seed=3, guidance=2.0, precision="bf16")
     lo, _ = generate(tiny, req, progress=False)
     hi, _ = generate(tiny, SampleRequest(n=6, steps=8, seed=3, guidance=2.0, precision="fp32"), progress=False)
     assert lo.dtype == hi.dtype == torch.float32
@@ -54,7 +87,7 @@ def test_sampler_state_stays_fp32_and_the_network_runs_in_bf16(tiny, sampler):
     seen, net_dtypes = [], []
     hook = tiny.denoiser.net.inp.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype))
     try:
-        out, _ = generate(tiny, SampleRequest(n=3, steps=4, sampler=sampler), progress=False,
+        out, _ = generate(tiny, SampleRequest(n=3, steps=4, sampler=sampler, precision="bf16"), progress=False,
                           callback=lambda i, sigma, x, x0: seen.append((x.dtype, x0.dtype)))
     finally:
         hook.remove()
@@ -83,7 +116,7 @@ def test_fp32_is_bit_identical_to_the_plain_fp32_path(tiny):
 def test_autocast_denoiser_returns_the_input_dtype(tiny):
     x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 1.5)
     with torch.no_grad():
-        lo = AutocastDenoiser(tiny.denoiser)(x, sigma, torch.tensor([0, 1]))
+        lo = AutocastDenoiser(tiny.denoiser, "bf16")(x, sigma, torch.tensor([0, 1]))
         hi = tiny.denoiser(x, sigma, torch.tensor([0, 1]))
     assert lo.dtype == torch.float32
     torch.testing.assert_close(lo, hi, atol=0.05, rtol=0.05)
@@ -106,7 +139,7 @@ def test_tasks_follow_the_requested_precision(tiny):
 
 
 def test_unknown_precision_is_an_explicit_error(tiny):
-    with pytest.raises(UndiffuseError, match="unknown precision 'fp16'; known: bf16, fp32"):
+    with pytest.raises(UndiffuseError, match="unknown precision 'fp16'; known: auto, bf16, fp32"):
         generate(tiny, SampleRequest(n=1, steps=2, precision="fp16"), progress=False)
     with pytest.raises(UndiffuseError, match="unknown precision"):
         with inference_autocast("half"):

@@ -121,6 +121,12 @@ def test_every_sampler_runs_on_a_latent_model_that_carries_its_autoencoder(laten
     for name in samplers.names():
         images, _ = generate(model, SampleRequest(n=2, steps=3, sampler=name, guidance=2.0), progress=False)
         assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all(), name
+    # the latent model names its space for another recipe (a fine-tuned or distilled model): the same autoencoder
+    carried = load_autoencoder(str(run))
+    assert carried.scale == model.space.scale and carried.shape == model.space.shape
+    for a, b in zip(carried.autoencoder.state_dict().values(), model.space.autoencoder.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
 
 
 def test_tasks_on_a_latent_model_keep_their_guarantees(latent_root, tmp_path):

@@ -11,7 +11,7 @@ from undiffuse import samplers
 from undiffuse.analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from undiffuse.process import sigmas_karras
 
-NAMES = samplers.names()
+NAMES = [n for n in samplers.names() if not samplers.info(n).distilled]  # the ones that solve a denoiser's ODE/SDE
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 

@@ -97,8 +97,9 @@ ModelGuidanceOpt = Annotated[float | None, typer.Option(
     help="Classifier-free guidance scale (1 = plain conditional; default: the model's recipe's).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder: grid.png and one PNG per image.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
-PrecisionOpt = Annotated[str, typer.Option(help="The network's precision: bf16 (autocast; ~2.4× fp32 on this "
-                                           "CPU, bench/README.md) or fp32. Sampler arithmetic is fp32 either way.")]
+PrecisionOpt = Annotated[str, typer.Option(help="The network's precision: bf16 (autocast; ~2.4× fp32 on a CPU "
+                                           "with AVX512-BF16, bench/README.md), fp32, or auto: bf16 where the "
+                                           "hardware has it natively. Sampler arithmetic is fp32 either way.")]
 SigmaMinOpt = Annotated[float | None, typer.Option(help="Lowest nonzero σ of a karras/exponential grid "
                                                   "(default: the model's).")]
 SigmaMaxOpt = Annotated[float | None, typer.Option(help="Highest σ of a karras/exponential grid (default: the "
@@ -158,22 +159,22 @@ def sample(
     class_: Annotated[str | None, typer.Option("--class", help="Class name or index (default: all classes "
                                                "in turn, for a conditional model).")] = None,
     guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
 ) -> None:
     """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
     from .models import load_model
+    from .nets.cpu import resolve_precision
     from .sampling import SampleRequest, parse_class
 
     guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
     sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid,
-                        label=parse_class(loaded, class_), guidance=guidance, precision=precision,
-                        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale,
-                        **guiding)
+    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, label=parse_class(loaded, class_),
+                        guidance=guidance, precision=resolve_precision(precision), sigma_min=sigma_min,
+                        sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
@@ -185,13 +186,14 @@ def generate(
     = "emoji-dit",
     sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, grid: CardGridOpt = None, n: NOpt = 8,
     seed: SeedOpt = 0, guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/generate"),
-    progress: ProgressOpt = True, precision: PrecisionOpt = "bf16",
+    progress: ProgressOpt = True, precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
     from .models import load_model
+    from .nets.cpu import resolve_precision
     from .sampling import SampleRequest
 
     guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
@@ -200,8 +202,8 @@ def generate(
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
     sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
-                        precision=precision, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0,
-                        eps_scale=eps_scale, **guiding)
+                        precision=resolve_precision(precision), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                        clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
     path, seconds = _draw(loaded, req, out, progress)
     typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 

@@ -8,6 +8,7 @@ impossible values are refused before any work starts, naming the field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import tomllib
@@ -96,7 +97,8 @@ class TrainConfig:
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     ema_decay: float = 0.999         # EMA of the weights, the copy that is sampled from
     label_dropout: float = 0.1       # drop the label this often: learns p(x) too, for guidance
-    bf16: bool = True                # bf16 autocast on CPU (measured faster; attention stays fp32)
+    bf16: bool = True                # bf16 autocast where the hardware has native bf16 (measured faster; attention
+    #                                  stays fp32); fp32 elsewhere, where emulated bf16 is many times slower
     channels_last: bool = False      # memory format; measured per backbone
     seed: int = 0                    # everything random (init, data order, noise) derives from it
     log_every: int = 50              # steps between log lines (JSONL)
@@ -111,10 +113,22 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = ""                # a model (run folder, file or shipped name) to distil into a few-step one; "": no
+    trajectories: int = 20_000       # teacher ODE trajectories, generated once and cached (undiffuse.distill)
+    sigmas: list[float] = field(default_factory=lambda: [80.0, 5.0, 1.5, 0.5])  # the student's σ levels, highest
+    #                                  first: n-step sampling visits levels 0, L/n, 2L/n, … ("distilled" grid)
+    steps_per_level: int = 6         # teacher solver steps between two levels (and from the last level to 0)
+    sampler: str = "dpmpp_2m"        # the teacher's solver of the probability-flow ODE
+    guidance: float = 0.0            # the teacher's classifier-free guidance, distilled in (0: its recipe's)
+
+
+@dataclass
 class SampleConfig:
     sampler: str = "dpmpp_2m"        # default sampler for previews and `undiffuse sample`
     steps: int = 20                  # sampling steps
-    grid: str = "karras"             # σ grid: karras | exponential | leading | trailing | linspace
+    grid: str = "karras"             # σ grid: karras | exponential | leading | trailing | linspace | flow, or
+    #                                  distilled (a few-step model's levels, distill.sigmas)
     guidance: float = 2.0            # classifier-free guidance scale (1: plain conditional)
     n: int = 64                      # images in a preview grid
 
@@ -129,6 +143,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> Config:
         """Refuse impossible values, naming the field."""
@@ -169,7 +184,13 @@ class Config:
                    "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji or tuxpaint"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
-                  ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]")]
+                  ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]"),
+                  ("distill.trajectories", self.distill.trajectories >= 1, "≥ 1"),
+                  ("distill.steps_per_level", self.distill.steps_per_level >= 1, "≥ 1"),
+                  ("distill.guidance", self.distill.guidance >= 0, "≥ 0"),
+                  ("distill.sigmas", len(self.distill.sigmas) >= 1 and all(s > 0 for s in self.distill.sigmas)
+                   and all(a > b for a, b in itertools.pairwise(self.distill.sigmas)),
+                   "a non-empty list of positive σ levels, highest first")]
         for key, ok, allowed in checks:
             if not ok:
                 raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UndiffuseError
-from .nets.cpu import check_precision, inference_autocast
+from .nets.cpu import check_precision, inference_autocast, resolve_precision
 from .process import DiscreteSchedule
 
 Prediction = Literal["eps", "x0", "v"]
@@ -229,9 +229,11 @@ class AutocastDenoiser(Denoiser):
         return x0.to(x.dtype)
 
 
-def with_precision(denoiser: nn.Module, precision: str) -> nn.Module:
-    """The denoiser whose network runs in ``precision``: "fp32" returns it unchanged, "bf16" wraps it."""
-    return denoiser if check_precision(precision) == "fp32" else AutocastDenoiser(denoiser, precision)
+def with_precision(denoiser: nn.Module, precision: str, device_type: str = "cpu") -> nn.Module:
+    """The denoiser whose network runs in ``precision``: "fp32" returns it unchanged, "bf16" wraps it, "auto" is
+    the one of the two the hardware runs faster (:func:`~undiffuse.nets.cpu.resolve_precision`)."""
+    precision = resolve_precision(precision, device_type)
+    return denoiser if precision == "fp32" else AutocastDenoiser(denoiser, precision)
 
 
 def shaped(denoiser: nn.Module, eps_scale: float = 1.0, clip_x0: bool = False) -> nn.Module:

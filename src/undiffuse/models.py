@@ -99,7 +99,12 @@ def config_sigmas(cfg: Config, steps: int, grid: str | None = None, sigma_min: f
     """A sampling grid (default: the config's ``sample.grid``) over the model's σ range (on a discrete chain σ_max
     capped at :data:`~undiffuse.process.GRID_SIGMA_MAX`), or over [sigma_min, sigma_max] where given (karras,
     exponential and flow grids; ``rho``: the Karras exponent). A flow model's ``flow`` grid is spaced as diffusers'
-    FlowMatchEuler timesteps with the model's ``diffusion.flow_shift``."""
+    FlowMatchEuler timesteps with the model's ``diffusion.flow_shift``; a distilled model's ``distilled`` grid visits
+    the levels it was trained at (:func:`~undiffuse.process.distilled_sigmas`)."""
+    if (grid or cfg.sample.grid) == process.DISTILLED_GRID:
+        if sigma_min is not None or sigma_max is not None:
+            raise UndiffuseError("the 'distilled' grid is the levels the model was distilled at: it takes no σ range")
+        return process.distilled_sigmas(cfg.distill.sigmas, steps)
     schedule = build_schedule(cfg)
     if schedule is None:  # a continuous-σ model: its own range (EDM's, or flow's) unless given
         lo, hi = sigma_range(cfg)

@@ -368,6 +368,19 @@ def sigmas_flow(n: int, sigma_min: float, sigma_max: float, shift: float = 1.0) 
 
 SIGMA_GRIDS = ("leading", "trailing", "linspace", "karras", "exponential", "flow")
 UNIFORM_T_GRIDS = ("leading", "trailing", "linspace")
+DISTILLED_GRID = "distilled"  # a few-step model's own levels (its config's distill.sigmas), not a spacing rule
+
+
+def distilled_sigmas(levels: list[float], steps: int) -> Tensor:
+    """The n-step grid of a model distilled at σ ``levels`` (highest first): levels 0, ⌊L/n⌋, ⌊2L/n⌋, … then 0.
+
+    With the four levels [80, 5, 1.5, 0.5], 1 step is [80, 0], 2 steps [80, 1.5, 0], 4 steps every level; the
+    1-, 2- and 4-step grids nest, so one student serves all three.
+    """
+    if not 1 <= steps <= len(levels):
+        raise UndiffuseError(f"this model was distilled at {len(levels)} σ levels: it samples in 1 to "
+                             f"{len(levels)} steps, not {steps}")
+    return torch.tensor([levels[i * len(levels) // steps] for i in range(steps)] + [0.0], dtype=torch.float32)
 
 # Where the grids over a σ range (karras, exponential, flow) start on a discrete VP chain: EDM's σ_max = 80 (Karras
 # et al. 2022), not the chain's last σ. A cosine chain ends at σ = 2·10⁴ because its β is clipped at 0.999 on the

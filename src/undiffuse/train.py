@@ -34,14 +34,17 @@ from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state
 from .config import Config, config_from_json, to_dict
 from .data.latents import encode_training_data
 from .data.training import TrainingData, load_training_data
+from .distill import distillation_loss, trajectory_data
 from .ema import EMA
 from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
 from .images import make_grid, save_png
 from .losses import denoising_loss
 from .model_files import resolve_model_path
-from .models import build_denoiser, build_net, build_schedule, build_space, config_sigmas, training_sigmas
+from .models import (build_denoiser, build_net, build_schedule, build_space, config_sigmas, load_model,
+                     training_sigmas)
 from .nets.autoencoder import autoencoder_loss, measure_scale, psnr
+from .nets.cpu import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,15 @@ def learning_rate(cfg: Config, step: int) -> float:
     return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup))
 
 
+def trains_in_bf16(cfg: Config) -> bool:
+    """``train.bf16`` where the hardware multiplies bf16 natively; elsewhere emulated bf16 is many times slower than
+    fp32 (13× on an AVX2-only CPU, :mod:`undiffuse.nets.cpu`), so the run trains in fp32."""
+    return cfg.train.bf16 and native_bf16("cuda" if cfg.train.device == "cuda" else "cpu")
+
+
 def _autocast(cfg: Config) -> contextlib.AbstractContextManager:
     device = "cuda" if cfg.train.device == "cuda" else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16) if cfg.train.bf16 else contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16) if trains_in_bf16(cfg) else contextlib.nullcontext()
 
 
 class Trainer:
@@ -93,22 +102,39 @@ class Trainer:
             _check_writable(self.out)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.bf16 and not trains_in_bf16(cfg) and self.dist.main:
+            log.warning("train.bf16: this %s has no native bf16 (AVX512-BF16 / AMX), where bf16 is many times slower "
+                        "than fp32: training in fp32", "GPU" if cfg.train.device == "cuda" else "CPU")
         if (cfg.train.batch_size // cfg.train.grad_accum) % self.dist.world:
             raise UndiffuseError(f"the micro-batch (train.batch_size / train.grad_accum = "
                                  f"{cfg.train.batch_size // cfg.train.grad_accum}) must divide evenly over "
                                  f"{self.dist.world} processes")
         self.autoencoding = cfg.model.backbone == "autoencoder"  # training a latent space's codec, not a denoiser
-        self.data: TrainingData = load_training_data(cfg)
-        self.space = build_space(cfg) if self.data.dim is None and not self.autoencoding else None
-        if self.space is not None and self.space.kind == "latent":  # encoded once, cached on disk
+        self.distilling = bool(cfg.distill.teacher) and not self.autoencoding  # a few-step student of a teacher
+        if self.distilling:  # the teacher's trajectories are the data; the student lives in the teacher's space
+            teacher = load_model(cfg.distill.teacher)
+            if teacher.config.space.kind != cfg.space.kind:
+                raise UndiffuseError(f"distill.teacher runs in {teacher.config.space.kind} space, this recipe in "
+                                     f"{cfg.space.kind}: the student needs the teacher's [space]")
+            theirs, ours = to_dict(teacher.config)["diffusion"], to_dict(cfg)["diffusion"]
+            if theirs != ours:  # the student starts from the teacher's weights: same preconditioning
+                differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
+                raise UndiffuseError(f"distill.teacher has another [diffusion] (diffusion.{', diffusion.'.join(differ)}"
+                                     " differ); the student needs the teacher's")
+            self.data = trajectory_data(cfg, teacher, progress=progress and self.dist.main)
+            self.space = teacher.space
+        else:
+            self.data: TrainingData = load_training_data(cfg)
+            self.space = build_space(cfg) if self.data.dim is None and not self.autoencoding else None
+        if not self.distilling and self.space is not None and self.space.kind == "latent":  # encoded once, cached
             self.data = encode_training_data(self.data, self.space, cfg, progress=progress and self.dist.main)
         self.num_classes = self.data.num_classes if cfg.data.conditional and not self.autoencoding else 0
         torch.manual_seed(cfg.train.seed)
         self.context_dim = getattr(self.data, "context_dim", 0) if cfg.data.conditional else 0
         self.net = build_net(cfg, self.num_classes, dim=self.data.dim, context_dim=self.context_dim,
                              shape=self.space.shape if self.space is not None else None).to(self.dist.device)
-        if cfg.train.init and not resume:  # fine-tuning: a trained model's weights, a fresh optimizer
-            self._init_from(cfg.train.init)
+        if (cfg.train.init or self.distilling) and not resume:  # fine-tuning or distilling: a trained model's
+            self._init_from(cfg.train.init or cfg.distill.teacher)  # weights, a fresh optimizer
         if cfg.train.channels_last and self.data.dim is None:
             self.net = self.net.to(memory_format=torch.channels_last)
         trained = self.net
@@ -146,14 +172,23 @@ class Trainer:
         shard = self.dist.shard  # every rank draws the global micro-batch and keeps its share
         for m in range(cfg.train.grad_accum):
             start = (self.step * cfg.train.grad_accum + m) * micro
-            x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
             if self.autoencoding:
+                x0, _ = self.data.batch(self.order.indices(start, micro), self.gen)
                 with _autocast(cfg):
                     loss, _ = autoencoder_loss(self.trained, shard(x0), kl_weight=cfg.train.kl_weight,
                                                generator=self.gen)
                 (loss / cfg.train.grad_accum).backward()
                 total += float(loss.detach()) / cfg.train.grad_accum
                 continue
+            if self.distilling:  # the trajectory's end from a state on it; guidance is distilled in: no dropout
+                x, sigma, labels, end = self.data.pairs(self.order.indices(start, micro), self.gen)
+                with _autocast(cfg):
+                    loss = distillation_loss(self.denoiser, shard(x), shard(sigma),
+                                             shard(labels) if self.num_classes else None, shard(end))
+                (loss / cfg.train.grad_accum).backward()
+                total += float(loss.detach()) / cfg.train.grad_accum
+                continue
+            x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
             cond = None
             if self.context_dim:  # captions: drop to the empty prompt as often as labels would be dropped
                 drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
@@ -305,12 +340,13 @@ class Trainer:
 
     def _init_from(self, source: str) -> None:
         """The network (and so its EMA copy) starts from another model's EMA weights, e.g. to fine-tune on
-        other data or captions; the [model] sections must match."""
+        other data or captions, or to distil it; the [model] sections must match (dropout may differ)."""
         path = resolve_model_path(source)
         tensors, meta = load_checkpoint(path)
         if "config" not in meta:
             raise UndiffuseError(f"train.init: {path} carries no config; give a run folder or a model file")
         theirs, ours = to_dict(config_from_json(json.dumps(meta["config"])))["model"], to_dict(self.cfg)["model"]
+        theirs["dropout"] = ours["dropout"]  # a training setting, not the architecture
         if theirs != ours:
             differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
             raise UndiffuseError(f"train.init: {source} has another network (model.{', model.'.join(differ)} "

@@ -16,13 +16,20 @@ fused AdamW, batch 64 of 1×32×32, 2 threads; bench/README.md has the tables, 2
 - ``torch.optim.AdamW(..., fused=True)``: one kernel instead of ~10 ops per parameter tensor.
 - never ``torch.compile`` a training step here: with torch 2.13 CPU it returned zero gradients
   for most parameters (CPU_NOTES.md).
+
+bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX). Elsewhere oneDNN emulates it: on
+a 2-core AMD EPYC with AVX2 only, a 1024² bf16 GEMM ran at 0.8 GFLOP/s against 68 in fp32, and a training
+step was 13× slower (bench/README.md, "bf16 without native support"). :func:`native_bf16` tells the two apart
+and "auto" (the default of training and sampling) picks bf16 only where it is native.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -30,8 +37,44 @@ from torch.nn import functional as F
 
 from ..errors import UndiffuseError
 
-PRECISIONS = ("bf16", "fp32")
-DEFAULT_INFERENCE_PRECISION = "bf16"   # chosen by bench/inference_levers.py; quality check in bench/README.md
+PRECISIONS = ("auto", "bf16", "fp32")
+# bf16 where the hardware has it (bench/inference_levers.py chose bf16 on AVX512-BF16; quality check in
+# bench/README.md), fp32 elsewhere
+DEFAULT_INFERENCE_PRECISION = "auto"
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 flags; "bf16": Arm's BF16 extension
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux), or None where that file cannot be read."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return set(flags.split())
+
+
+@functools.cache
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether bf16 matrix products run natively (faster than fp32) on ``device_type``.
+
+    CUDA: the device's own answer. CPU: the AVX512-BF16 or AMX flag (x86 Linux), BF16 (Arm Linux); where the
+    flags cannot be read, torch's view of the vector unit (AVX-512 builds use bf16 dot products where the chip
+    has them).
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    flags = cpu_flags()
+    if flags is not None and flags:
+        return any(f in flags for f in _NATIVE_BF16_FLAGS)
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """"bf16" or "fp32" for ``precision``: "auto" is bf16 where :func:`native_bf16`, else fp32."""
+    if check_precision(precision) == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
 
 
 @contextlib.contextmanager
@@ -54,7 +97,7 @@ def check_precision(precision: str) -> str:
 @contextlib.contextmanager
 def inference_autocast(precision: str = DEFAULT_INFERENCE_PRECISION, device_type: str = "cpu") -> Iterator[None]:
     """Run a network's forward pass for sampling in ``precision``: "bf16" is bf16 autocast (attention still
-    fp32, :func:`attention_fp32`), "fp32" a no-op.
+    fp32, :func:`attention_fp32`), "fp32" a no-op, "auto" one of the two (:func:`resolve_precision`).
 
     Autocast changes only the ops on its list (convolutions, linears, matmuls, attention); element-wise
     arithmetic on fp32 tensors, such as a sampler's state update or a denoiser's preconditioning, stays fp32.

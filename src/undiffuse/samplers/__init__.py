@@ -6,8 +6,8 @@
 ``names()`` lists every registered sampler; ``info(name)`` tells its order and whether it is stochastic.
 """
 
-# Import order is the order of names(): the DDPM family, Runge–Kutta, multistep, adaptive.
-from . import ddpm, euler, lms, dpmpp, unipc, adaptive  # noqa: F401, I001  (registers the samplers)
+# Import order is the order of names(): the DDPM family, Runge–Kutta, multistep, adaptive, few-step.
+from . import ddpm, euler, lms, dpmpp, unipc, adaptive, consistency  # noqa: F401, I001  (registers the samplers)
 from .registry import H_MAX, H_MAX_RK, SamplerInfo, get, info, make_generators, names, randn, register, step_order
 
 __all__ = ["H_MAX", "H_MAX_RK", "SamplerInfo", "get", "info", "make_generators", "names", "randn", "register",

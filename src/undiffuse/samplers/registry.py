@@ -40,6 +40,7 @@ class SamplerInfo:
     stochastic: bool           # draws fresh noise with its default options
     adaptive: bool = False     # chooses its own steps; reports them in ``info``
     summary: str = ""
+    distilled: bool = False    # made for a distilled model (a consistency function), not for solving a denoiser's ODE
 
 
 _REGISTRY: dict[str, SamplerInfo] = {}
@@ -141,7 +142,7 @@ def _check_x(x: Any, generator: GeneratorArg) -> None:
             raise UndiffuseError(f"got {len(generator)} generators for a batch of {x.shape[0]} samples")
 
 
-def register(name: str, *, order: int | None, stochastic: bool, adaptive: bool = False):
+def register(name: str, *, order: int | None, stochastic: bool, adaptive: bool = False, distilled: bool = False):
     """Decorator: wrap a sampler body into the public signature and add it to the registry."""
     def wrap(body: Callable[..., Tensor]) -> Callable[..., Tensor]:
         allowed = set(inspect.signature(body).parameters) - {"model", "x", "sigmas", "noise", "callback"}
@@ -163,7 +164,8 @@ def register(name: str, *, order: int | None, stochastic: bool, adaptive: bool =
                 return body(_validated_model(denoiser, cond), x, grid, noise, cb, **opts)
 
         summary = (body.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = SamplerInfo(name, sampler, order, stochastic, adaptive, summary[0] if summary else name)
+        _REGISTRY[name] = SamplerInfo(name, sampler, order, stochastic, adaptive, summary[0] if summary else name,
+                                      distilled)
         return sampler
     return wrap
 

@@ -111,12 +111,15 @@ def latent_space_from(tensors: dict[str, Tensor], meta: dict[str, Any], what: st
 
 
 def load_autoencoder(source: str) -> LatentSpace:
-    """A trained autoencoder (run folder, model file or shipped name) as a latent space."""
+    """A trained autoencoder (run folder, model file or shipped name) as a latent space, or the one a latent
+    diffusion model carries (so a model distilled from it, or fine-tuned, runs in the same space)."""
     path = resolve_model_path(source)
     tensors, meta = load_checkpoint(path)
     if "config" not in meta:
         raise UndiffuseError(f"{path} has no config in its metadata")
     cfg = config_from_json(json.dumps(meta["config"]))
+    if cfg.model.backbone != "autoencoder" and isinstance(meta.get("autoencoder"), dict):
+        return latent_space_from(tensors, meta, str(path))
     if cfg.model.backbone != "autoencoder":
         raise UndiffuseError(f"{source} is not an autoencoder (its model.backbone is {cfg.model.backbone!r})")
     if meta.get("latent_scale") is None:
