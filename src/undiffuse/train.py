@@ -77,7 +77,7 @@ def learning_rate(cfg: Config, step: int) -> float:
 
 def trains_in_bf16(cfg: Config) -> bool:
     """``train.bf16`` where the hardware multiplies bf16 natively; elsewhere emulated bf16 is many times slower than
-    fp32 (13× on an AVX2-only CPU, :mod:`undiffuse.nets.cpu`), so the run trains in fp32."""
+    fp32 (16× on an AVX2-only CPU, :mod:`undiffuse.nets.cpu`), so the run trains in fp32."""
     return cfg.train.bf16 and native_bf16("cuda" if cfg.train.device == "cuda" else "cpu")
 
 

@@ -19,7 +19,7 @@ fused AdamW, batch 64 of 1×32×32, 2 threads; bench/README.md has the tables, 2
 
 bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX). Elsewhere oneDNN emulates it: on
 a 2-core AMD EPYC with AVX2 only, a 1024² bf16 GEMM ran at 0.8 GFLOP/s against 68 in fp32, and a training
-step was 13× slower (bench/README.md, "bf16 without native support"). :func:`native_bf16` tells the two apart
+step was 16× slower (bench/README.md, "bf16 without native support"). :func:`native_bf16` tells the two apart
 and "auto" (the default of training and sampling) picks bf16 only where it is native.
 """
 
