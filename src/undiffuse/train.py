@@ -160,6 +160,38 @@ class Trainer:
                     stale.unlink(missing_ok=True)
             self._restore(latest)
 
+    def _micro_loss(self, start: int, micro: int) -> Tensor:
+        """The loss of the micro-batch at data position ``start``: the autoencoder's, the distillation's (a
+        trajectory's end from a state on it) or the denoising loss; this rank's share of the batch."""
+        cfg, shard = self.cfg, self.dist.shard  # every rank draws the global micro-batch and keeps its share
+        indices = self.order.indices(start, micro)
+        if self.autoencoding:
+            x0, _ = self.data.batch(indices, self.gen)
+            with _autocast(cfg):
+                return autoencoder_loss(self.trained, shard(x0), kl_weight=cfg.train.kl_weight, generator=self.gen)[0]
+        if self.distilling:  # guidance is distilled in: no label dropout
+            x, sigma, labels, end = self.data.pairs(indices, self.gen)
+            with _autocast(cfg):
+                return distillation_loss(self.denoiser, shard(x), shard(sigma),
+                                         shard(labels) if self.num_classes else None, shard(end))
+        x0, labels = self.data.batch(indices, self.gen)
+        cond = None
+        if self.context_dim:  # captions: drop to the empty prompt as often as labels would be dropped
+            drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
+            cond = {k: shard(v) for k, v in labels.where(drop, self.data.null).as_cond().items()}
+        elif self.num_classes:
+            drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
+            cond = shard(torch.where(drop, torch.full_like(labels, -1), labels))
+        sigma = shard(training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32))
+        noise = shard(torch.randn(x0.shape, generator=self.gen))
+        x0 = shard(x0)
+        if cfg.train.channels_last and x0.ndim == 4:
+            x0, noise = x0.contiguous(memory_format=torch.channels_last), \
+                noise.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg):
+            return denoising_loss(self.denoiser, x0, sigma, cond, noise=noise,
+                                  min_snr_gamma=cfg.diffusion.min_snr_gamma or None)
+
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -169,42 +201,8 @@ class Trainer:
         micro = cfg.train.batch_size // cfg.train.grad_accum
         total = 0.0
         self.net.train()
-        shard = self.dist.shard  # every rank draws the global micro-batch and keeps its share
         for m in range(cfg.train.grad_accum):
-            start = (self.step * cfg.train.grad_accum + m) * micro
-            if self.autoencoding:
-                x0, _ = self.data.batch(self.order.indices(start, micro), self.gen)
-                with _autocast(cfg):
-                    loss, _ = autoencoder_loss(self.trained, shard(x0), kl_weight=cfg.train.kl_weight,
-                                               generator=self.gen)
-                (loss / cfg.train.grad_accum).backward()
-                total += float(loss.detach()) / cfg.train.grad_accum
-                continue
-            if self.distilling:  # the trajectory's end from a state on it; guidance is distilled in: no dropout
-                x, sigma, labels, end = self.data.pairs(self.order.indices(start, micro), self.gen)
-                with _autocast(cfg):
-                    loss = distillation_loss(self.denoiser, shard(x), shard(sigma),
-                                             shard(labels) if self.num_classes else None, shard(end))
-                (loss / cfg.train.grad_accum).backward()
-                total += float(loss.detach()) / cfg.train.grad_accum
-                continue
-            x0, labels = self.data.batch(self.order.indices(start, micro), self.gen)
-            cond = None
-            if self.context_dim:  # captions: drop to the empty prompt as often as labels would be dropped
-                drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
-                cond = {k: shard(v) for k, v in labels.where(drop, self.data.null).as_cond().items()}
-            elif self.num_classes:
-                drop = torch.rand(micro, generator=self.gen) < cfg.train.label_dropout
-                cond = shard(torch.where(drop, torch.full_like(labels, -1), labels))
-            sigma = shard(training_sigmas(cfg, self.schedule, micro, self.gen).to(torch.float32))
-            noise = shard(torch.randn(x0.shape, generator=self.gen))
-            x0 = shard(x0)
-            if cfg.train.channels_last and x0.ndim == 4:
-                x0, noise = x0.contiguous(memory_format=torch.channels_last), \
-                    noise.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg):
-                loss = denoising_loss(self.denoiser, x0, sigma, cond, noise=noise,
-                                      min_snr_gamma=cfg.diffusion.min_snr_gamma or None)
+            loss = self._micro_loss((self.step * cfg.train.grad_accum + m) * micro, micro)
             (loss / cfg.train.grad_accum).backward()
             total += float(loss.detach()) / cfg.train.grad_accum
         total = self.dist.mean(total)
