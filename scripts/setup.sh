@@ -23,6 +23,8 @@ install_deb() {  # package, folder it provides
 }
 install_deb dataset-fashion-mnist /usr/share/datasets/fashion-mnist
 install_deb tuxpaint-stamps-default /usr/share/tuxpaint/stamps
+# Spoken-digit synthesis (undiffuse.data.spoken_digits; tests that need it skip without it).
+install_deb espeak-ng /usr/bin/espeak-ng
 # The test command also wants a headless browser for the page of `undiffuse explain`.
 if [[ ${UNDIFFUSE_WITH_BROWSER:-0} == 1 ]]; then install_deb chromium /usr/bin/chromium; fi
 

@@ -413,6 +413,24 @@ def evaluate(
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@app.command()
+def studio(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but 127.0.0.1 / localhost lets other "
+                                      "machines use the studio (it has no login): warned.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    runs: Annotated[Path, typer.Option(help="Folder of training runs: their models join the shipped ones, and the "
+                                       "dashboard follows them.")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="The studio's own folder: the history of results (PNGs with their "
+                                      "parameters) lives in OUT/history.")] = Path("out/studio"),
+) -> None:
+    """A local web app: generate with a live preview, a queue, a history, image tasks and a training dashboard."""
+    try:
+        from .studio import serve
+    except ImportError as err:
+        raise UndiffuseError(f"the studio needs {err.name}: pip install 'undiffuse[studio]'") from None
+    serve(host, port, runs, out)
+
+
 @app.command(name="samplers")
 def list_samplers() -> None:
     """List the registered samplers: order as an ODE solver, whether they draw noise, what they are."""
