@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -19,25 +18,9 @@ from tqdm import tqdm
 
 from ..errors import UndiffuseError
 from .audio import AUDIO_EXTENSIONS, AudioData, load_clip, stack_waves
-from .folder import PROGRESS_MIN_FILES, skip_summary
+from .folder import PROGRESS_MIN_FILES, folder_classes, list_folder, skip_summary
 
 log = logging.getLogger(__name__)
-
-
-def _list_files(root: Path) -> tuple[list[Path], Counter]:
-    """Sound files under root, sorted; and a count of other files by extension (hidden ones ignored)."""
-    files, others = [], Counter()
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            ext = os.path.splitext(name)[1].lower()
-            if ext in AUDIO_EXTENSIONS:
-                files.append(Path(folder, name))
-            else:
-                others[ext or "(no extension)"] += 1
-    return files, others
 
 
 def load_audio_folder(path: str | os.PathLike, rate: int = 8000, length: int | None = 8192, *,
@@ -52,15 +35,8 @@ def load_audio_folder(path: str | os.PathLike, rate: int = 8000, length: int | N
         raise UndiffuseError(f"sound folder {root} does not exist or is not a folder")
     if not isinstance(rate, int) or rate < 1000:
         raise UndiffuseError(f"rate must be an integer of at least 1000 Hz, got {rate!r}")
-    files, others = _list_files(root)
-    if others:
-        log.info("%s: ignored %d files that are not sound clips (%s)", root, sum(others.values()),
-                 ", ".join(f"{ext} ×{n}" for ext, n in others.most_common(5)))
-    if not files:
-        raise UndiffuseError(f"no sound files in {root} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
-    relative = [f.relative_to(root) for f in files]
-    class_names = sorted({r.parts[0] for r in relative if len(r.parts) > 1})
-    class_index = {name: i for i, name in enumerate(class_names)}
+    files, relative = list_folder(root, AUDIO_EXTENSIONS, "sound files", ", ".join(sorted(AUDIO_EXTENSIONS)))
+    class_names, class_index = folder_classes(relative)
 
     clips, labels, sources, skipped = [], [], [], []
     show = progress if progress is not None else len(files) >= PROGRESS_MIN_FILES

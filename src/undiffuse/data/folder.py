@@ -105,9 +105,11 @@ def skip_summary(skipped: list[tuple[str, str]], total: int) -> str:
     return f"skipped {len(skipped)} of {total} files: {names}{more}"
 
 
-def _list_files(root: Path) -> tuple[list[Path], Counter]:
-    """Image files under root, sorted; and a count of other files by extension (hidden ones ignored)."""
-    extensions, files, others = image_extensions(), [], Counter()
+def list_folder(root: Path, extensions: set[str], kind: str, looked_for: str) -> tuple[list[Path], list[Path]]:
+    """Files under ``root`` with one of ``extensions`` (sorted; hidden files and folders ignored) and their paths
+    relative to ``root``. Other files are counted in one logged line; none found is a one-line error naming
+    ``kind`` (e.g. "image files") and ``looked_for``."""
+    files, others = [], Counter()
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -118,7 +120,18 @@ def _list_files(root: Path) -> tuple[list[Path], Counter]:
                 files.append(Path(folder, name))
             else:
                 others[ext or "(no extension)"] += 1
-    return files, others
+    if others:
+        log.info("%s: ignored %d files that are not %s (%s)", root, sum(others.values()), kind,
+                 ", ".join(f"{ext} ×{n}" for ext, n in others.most_common(5)))
+    if not files:
+        raise UndiffuseError(f"no {kind} in {root} (looked for {looked_for})")
+    return files, [f.relative_to(root) for f in files]
+
+
+def folder_classes(relative: list[Path]) -> tuple[list[str], dict[str, int]]:
+    """The top-level sub-folders of these relative paths as sorted class names, and each name's index."""
+    class_names = sorted({r.parts[0] for r in relative if len(r.parts) > 1})
+    return class_names, {name: i for i, name in enumerate(class_names)}
 
 
 def load_image_folder(path: str | os.PathLike, size: int, channels: int = 3, *,
@@ -135,15 +148,9 @@ def load_image_folder(path: str | os.PathLike, size: int, channels: int = 3, *,
         raise UndiffuseError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
     if not isinstance(size, int) or size < 1:
         raise UndiffuseError(f"size must be a positive integer, got {size!r}")
-    files, others = _list_files(root)
-    if others:
-        log.info("%s: ignored %d files that are not raster images (%s)", root, sum(others.values()),
-                 ", ".join(f"{ext} ×{n}" for ext, n in others.most_common(5)))
-    if not files:
-        raise UndiffuseError(f"no image files in {root} (looked for {', '.join(sorted(image_extensions())[:8])}…)")
-    relative = [f.relative_to(root) for f in files]
-    class_names = sorted({r.parts[0] for r in relative if len(r.parts) > 1})
-    class_index = {name: i for i, name in enumerate(class_names)}
+    files, relative = list_folder(root, image_extensions(), "image files",
+                                  f"{', '.join(sorted(image_extensions())[:8])}…")
+    class_names, class_index = folder_classes(relative)
     if class_names and any(len(r.parts) == 1 for r in relative):
         log.warning("%s: files directly in the folder are unlabeled (-1) beside the classes %s", root, class_names)
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import tasks
 from ..cli import _save_task
 from ..data.folder import load_image_tensor
 from ..errors import UndiffuseError
 from ..images import make_grid, to_uint8
-from ..models import LoadedModel, sigma_range
+from ..models import LoadedModel
 from ..nets.cpu import resolve_precision
 from ..sampling import generate, request_sigmas, write_images
 from .catalogue import Catalogue
@@ -42,14 +42,14 @@ class Watch:
         self.job, self.changed, self.model, self.total, self.shown = job, changed, model, max(total, 1), shown
         self.every, self.steps, self.t0 = job.spec.preview_every, 0, None
 
-    def step(self, x0_hat: Tensor | None, fraction: float | None = None) -> None:
-        """One step done (``fraction``: of the whole job, where the step count is not known in advance)."""
+    def step(self, x0_hat: Tensor | None) -> None:
+        """One sampler step done."""
         self.job.check()
         now = time.perf_counter()
         if self.t0 is None:
             self.t0 = now
         self.steps += 1
-        done = min(fraction if fraction is not None else self.steps / self.total, 0.999)
+        done = min(self.steps / self.total, 0.999)
         job = self.job
         job.progress = done
         elapsed = now - self.t0
@@ -61,27 +61,6 @@ class Watch:
             job.preview_version += 1
             job.preview_step = self.steps
         self.changed()
-
-
-class _Watched(nn.Module):
-    """The model's denoiser with a look at every evaluation: how the image tasks report steps (their sampler
-    call takes no callback). Progress is the fall of log σ from the first σ seen to the model's σ_min."""
-
-    def __init__(self, inner: nn.Module, watch: Watch, sigma_min: float):
-        super().__init__()
-        self.inner, self.watch, self.sigma_min = inner, watch, sigma_min
-        self.first = self.last = None
-
-    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        self.watch.job.check()
-        out = self.inner(x, sigma, cond)
-        s = float(sigma.max())
-        if s != self.last and s > 0:
-            self.first = self.first or s
-            self.last = s
-            span = math.log(self.first / self.sigma_min) if self.first > self.sigma_min else 1.0
-            self.watch.step(out, fraction=max(0.0, math.log(self.first / s)) / span)
-        return out
 
 
 def run_job(job: Job, catalogue: Catalogue, history: History, changed: Callable[[], None]) -> dict[str, Any]:
@@ -114,7 +93,7 @@ def run_job(job: Job, catalogue: Catalogue, history: History, changed: Callable[
 
 
 def _run_task(job: Job, loaded: LoadedModel, folder: Path, changed: Callable[[], None]) -> None:
-    """inpaint, upscale, edit or denoise with the package's task functions, watched through the denoiser."""
+    """inpaint, upscale, edit or denoise with the package's task functions, watched through their callback."""
     spec, req, opts = job.spec, job.spec.request, job.spec.options
     size, channels = loaded.config.data.image_size, loaded.config.data.channels
     low_size = size // opts["factor"] if spec.task == "upscale" else size
@@ -128,20 +107,16 @@ def _run_task(job: Job, loaded: LoadedModel, folder: Path, changed: Callable[[],
         known = 1 - hole
         shown = lambda images: known * image + hole * images
     watch = Watch(job, changed, loaded, req.steps, shown)
-    inner = loaded.denoiser
-    loaded.denoiser = _Watched(inner, watch, sigma_range(loaded.config)[0])
-    try:
-        if spec.task == "inpaint":
-            result = tasks.inpaint(loaded, image, hole, req, resample=opts["resample"])
-        elif spec.task == "upscale":
-            result = tasks.upscale(loaded, image, opts["factor"], req, strength=opts["strength"])
-        elif spec.task == "edit":
-            result = tasks.edit(loaded, image, req, strength=opts["strength"])
-        else:
-            result, used = tasks.denoise(loaded, image, req, sigma=opts["sigma"])
-            opts = {**opts, "sigma": round(used, 4)}
-    finally:
-        loaded.denoiser = inner
+    step = lambda i, sigma, x, x0_hat: watch.step(x0_hat)
+    if spec.task == "inpaint":
+        result = tasks.inpaint(loaded, image, hole, req, resample=opts["resample"], callback=step)
+    elif spec.task == "upscale":
+        result = tasks.upscale(loaded, image, opts["factor"], req, strength=opts["strength"], callback=step)
+    elif spec.task == "edit":
+        result = tasks.edit(loaded, image, req, strength=opts["strength"], callback=step)
+    else:
+        result, used = tasks.denoise(loaded, image, req, sigma=opts["sigma"], callback=step)
+        opts = {**opts, "sigma": round(used, 4)}
     job.phase = "writing"
     changed()
     extra: dict[str, Any] = {"task": spec.task, "image": "input.png",

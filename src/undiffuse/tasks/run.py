@@ -4,6 +4,7 @@ there, and a denoiser (guided, and wrapped for consistency where the task needs 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -49,9 +50,10 @@ def _grid_from(model: LoadedModel, sigma_start: float, steps: int) -> Tensor:
 
 
 def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
-         wrap=lambda d: d) -> Tensor:
+         wrap=lambda d: d, callback: Callback | None = None) -> Tensor:
     """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε.
-    ``start`` is in the model's space (latents for a latent model); the result is decoded to images."""
+    ``start`` is in the model's space (latents for a latent model); the result is decoded to images.
+    ``callback(i, σ, x, x0_hat)`` is the sampler's, at every step."""
     denoiser, labels, text = guided_denoiser(model, req)
     denoiser = wrap(denoiser)
     sigmas = request_sigmas(model, req) if sigma_start is None else _grid_from(model, sigma_start, req.steps)
@@ -60,7 +62,10 @@ def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_sta
     noise = samplers.randn(shape, gens)
     x = noise * float(sigmas[0]) if start is None else start.expand(shape) + float(sigmas[0]) * noise
     return model.space.decode(samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)),
-                                                        generator=gens))
+                                                        generator=gens, callback=callback))
+
+
+Callback = Callable[[int, float, Tensor, Tensor], object]  # the samplers' callback(i, σ, x, x0_hat)
 
 
 def _latent(model: LoadedModel) -> bool:
@@ -68,7 +73,8 @@ def _latent(model: LoadedModel) -> bool:
 
 
 @torch.no_grad()
-def inpaint(model: LoadedModel, image: Tensor, mask: Tensor, req: SampleRequest, resample: int = 0) -> Tensor:
+def inpaint(model: LoadedModel, image: Tensor, mask: Tensor, req: SampleRequest, resample: int = 0,
+            callback: Callback | None = None) -> Tensor:
     """Fill where ``mask`` (1, H, W) is 1 (white = fill); the rest of ``image`` is kept exactly."""
     image = _check_image(model, image)
     if mask.shape[-2:] != image.shape[-2:]:
@@ -76,16 +82,18 @@ def inpaint(model: LoadedModel, image: Tensor, mask: Tensor, req: SampleRequest,
     known = (mask.reshape(1, 1, *mask.shape[-2:]) < 0.5).float()
     g = torch.Generator().manual_seed(req.seed + 1_000_003)
     if not _latent(model):
-        return _run(model, req, None, None, lambda d: InpaintDenoiser(d, image, known, resample, g))
+        return _run(model, req, None, None, lambda d: InpaintDenoiser(d, image, known, resample, g), callback)
     # latent: the known latent cells (all their pixels known) are written into x̂₀; after decoding, the known
     # pixels are pasted back, so they are kept exactly here too
     cells = latent_mask(known, model.space.factor)
-    out = _run(model, req, None, None, lambda d: InpaintDenoiser(d, model.space.encode(image), cells, resample, g))
+    out = _run(model, req, None, None, lambda d: InpaintDenoiser(d, model.space.encode(image), cells, resample, g),
+               callback)
     return known * image + (1 - known) * out
 
 
 @torch.no_grad()
-def upscale(model: LoadedModel, low: Tensor, factor: int, req: SampleRequest, strength: float = 1.0) -> Tensor:
+def upscale(model: LoadedModel, low: Tensor, factor: int, req: SampleRequest, strength: float = 1.0,
+            callback: Callback | None = None) -> Tensor:
     """×``factor`` super-resolution whose output down-samples (f×f average) back to ``low``."""
     if factor not in (2, 4):
         raise UndiffuseError(f"factor must be 2 or 4, got {factor}")
@@ -96,18 +104,19 @@ def upscale(model: LoadedModel, low: Tensor, factor: int, req: SampleRequest, st
     start = None if strength >= 1 else model.space.encode(upsample(low, factor))
     sigma = None if strength >= 1 else sigma_at_strength(model, strength)
     if not _latent(model):
-        return _run(model, req, start, sigma, lambda d: UpscaleDenoiser(d, low, factor))
+        return _run(model, req, start, sigma, lambda d: UpscaleDenoiser(d, low, factor), callback)
     # latent: the projection acts on the decoded estimate at every step, and once more on the final image
     projection = partial(match_low, low_up=upsample(low, factor), factor=factor)
-    out = _run(model, req, start, sigma, lambda d: DecodedProjectionDenoiser(d, model.space, projection))
+    out = _run(model, req, start, sigma, lambda d: DecodedProjectionDenoiser(d, model.space, projection), callback)
     return projection(out)
 
 
 @torch.no_grad()
-def edit(model: LoadedModel, image: Tensor, req: SampleRequest, strength: float = 0.6) -> Tensor:
+def edit(model: LoadedModel, image: Tensor, req: SampleRequest, strength: float = 0.6,
+         callback: Callback | None = None) -> Tensor:
     """SDEdit: noise ``image`` to the σ at ``strength`` and denoise it, towards a class or prompt if given."""
     image = _check_image(model, image)
-    return _run(model, req, model.space.encode(image), sigma_at_strength(model, strength))
+    return _run(model, req, model.space.encode(image), sigma_at_strength(model, strength), callback=callback)
 
 
 def estimate_noise_sigma(image: Tensor) -> float:
@@ -121,8 +130,8 @@ def estimate_noise_sigma(image: Tensor) -> float:
 
 
 @torch.no_grad()
-def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float | None = None
-            ) -> tuple[Tensor, float]:
+def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float | None = None,
+            callback: Callback | None = None) -> tuple[Tensor, float]:
     """Remove Gaussian noise of σ (estimated when None): a noisy image is x = x₀ + σ ε, the sampler's own
     state at σ, so the reverse process starts right there. Returns (image, σ used)."""
     noisy = _check_image(model, noisy)
@@ -135,7 +144,7 @@ def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float 
     sigmas = _grid_from(model, sigma, req.steps)
     denoiser, labels, text = guided_denoiser(model, replace(req, n=1))
     out = samplers.get(req.sampler)(denoiser, noisy, sigmas, cond=cond_for(labels, text, range(1)),
-                                    generator=samplers.make_generators([req.seed]))
+                                    generator=samplers.make_generators([req.seed]), callback=callback)
     return out.clamp(-1, 1), sigma
 
 
