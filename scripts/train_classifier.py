@@ -9,10 +9,7 @@ Seeded end to end (weights, data order, flips) on the CPU with 2 threads.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
-import os
 import shlex
 import sys
 import time
@@ -20,10 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from undiffuse.data.fashion_mnist import load_fashion_mnist
-from undiffuse.evaluation.classifier import ImageClassifier
+from undiffuse.evaluation.classifier import ImageClassifier, save_classifier, training_parser
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src/undiffuse/pretrained/fashion-mnist-classifier"
 ARGS = {"in_channels": 1, "num_classes": 10, "image_size": 32, "channels": [32, 64, 128], "convs_per_stage": 1,
@@ -76,25 +72,12 @@ def train_classifier(out: Path = DEFAULT_OUT, epochs: int = 4, batch_size: int =
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv) if sys.argv[0] else "train_classifier()",
         "date": datetime.date.today().isoformat(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    for name, write in [("model.safetensors", lambda p: save_file(tensors, p)),
-                        ("config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))]:
-        tmp = out / (name + ".tmp")
-        write(str(tmp))
-        os.chmod(tmp, 0o644)  # package data: readable by every user
-        os.replace(tmp, out / name)  # atomic: a crash leaves the previous file whole
+    save_classifier(model, config, out)
     print(f"test accuracy {config['test_accuracy']:.4f}, trained in {train_seconds:.0f} s; wrote {out}")
     return config
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for model.safetensors + config.json")
-    parser.add_argument("--epochs", type=int, default=4, help="passes over the 60 000 training images")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak of the one-cycle schedule")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    a = parser.parse_args()
+    a = training_parser(__doc__.split("\n")[0], DEFAULT_OUT, 4, "passes over the 60 000 training images",
+                        128).parse_args()
     train_classifier(a.out, a.epochs, a.batch_size, a.lr, seed=a.seed, threads=a.threads)

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from undiffuse.cli import app
@@ -45,3 +47,76 @@ def random_model(cfg, class_names: list[str], std: float):
             nn.init.normal_(p, std=std)
     net.eval().requires_grad_(False)
     return LoadedModel(build_denoiser(cfg, net), cfg, class_names, "tiny", {})
+
+
+# --------------------------------------------------------------------------- a tiny sound model
+RATE, LENGTH = 4000, 2048  # 32 frames of hop 64: a 1 × 32 × 32 spectrogram
+
+
+def tone_folder(root, per_class: int = 6):
+    """Two classes of tones: "low" around 300 Hz, "high" around 1 200 Hz, of varied pitch and length."""
+    rng = np.random.default_rng(0)
+    for name, base in (("high", 1200.0), ("low", 300.0)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            t = np.arange(int(RATE * rng.uniform(0.2, 0.4))) / RATE
+            wave = 0.5 * np.sin(2 * np.pi * base * rng.uniform(0.9, 1.1) * t)
+            sf.write(root / name / f"{i}.wav", wave.astype(np.float32), RATE)
+    return root
+
+
+def sound_config(tmp_path, folder):
+    text = f"""
+name = "tones"
+out_dir = "{tmp_path / 'run'}"
+[data]
+name = "audio_folder"
+path = "{folder}"
+image_size = 32
+channels = 1
+[space]
+kind = "spectrogram"
+rate = {RATE}
+length = {LENGTH}
+n_fft = 256
+hop = 64
+n_mels = 32
+[model]
+channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = []
+dropout = 0.0
+groups = 4
+[diffusion]
+parameterization = "v"
+[train]
+steps = 6
+batch_size = 8
+warmup = 2
+sample_every = 6
+checkpoint_every = 6
+log_every = 2
+[sample]
+sampler = "dpmpp_2m"
+steps = 3
+grid = "trailing"
+guidance = 2.0
+"""
+    path = tmp_path / "tones.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tone_run(tmp_path_factory):
+    """A tiny two-class tone model trained for 6 steps (its preview at step 6)."""
+    import torch
+    tmp_path = tmp_path_factory.mktemp("tones")
+    config = sound_config(tmp_path, tone_folder(tmp_path / "clips"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["train", str(config), "--no-progress"])
+    torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return tmp_path / "run"

@@ -6,23 +6,26 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from undiffuse.cli import app
+from undiffuse.data.audio import read_wav_params
 from undiffuse.explain.forward import chain_vs_closed_form, two_pixel_walks
 from undiffuse.explain.physics import image_to_points
 from undiffuse.process import DiscreteSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance"]
+SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance", "sound"]
 pytest.importorskip("sklearn")
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, tone_run):
     tmp = tmp_path_factory.mktemp("explain")
     run = tmp / "run"
     result = CliRunner().invoke(app, ["train", str(ROOT / "configs" / "digits-smoke.toml"), "--no-progress",
@@ -30,7 +33,7 @@ def page(tmp_path_factory):
                                       "--set", "diffusion.parameterization='v'"])  # v: bounded x̂₀ at σ_max
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["explain", str(run), "--out", str(tmp / "page"), "--physics-seconds", "2",
-                                      "--no-progress"])
+                                      "--sound", str(tone_run), "--no-progress"])
     assert result.exit_code == 0, result.output
     return tmp / "page" / "index.html"
 
@@ -54,6 +57,12 @@ def test_page_has_every_section_and_every_picture_decodes(page):
             assert im.width > 0 and im.height > 0
     with Image.open(page.parent / "reverse.gif") as gif:
         assert gif.n_frames > 10
+    sounds = re.findall(r'<audio controls preload="auto" src="([^"]+)"', html)
+    assert len(sounds) >= 8 and "sound-clip.wav" in sounds and "sound-sample.wav" in sounds
+    for name in sounds:
+        wave, rate = sf.read(page.parent / name)
+        assert rate == 4000 and wave.shape == (2048,) and np.isfinite(wave).all()
+        assert read_wav_params(page.parent / name)["model"]
     assert "http://" not in html and "https://" not in html     # nothing to fetch
 
 
@@ -121,6 +130,14 @@ def test_page_in_headless_chromium(page, tmp_path):
         tab.wait_for_function("(() => { const i = document.querySelector('#reverse-slider img');"
                               " return i.complete && i.naturalWidth > 0; })()", timeout=30_000)
         assert "step 6/" in tab.locator("#reverse-slider output").inner_text()
+        # every sound player has loaded its WAV: metadata read, a duration of one clip (0.512 s)
+        tab.wait_for_function("[...document.querySelectorAll('audio')].every(a => a.readyState >= 1)",
+                              timeout=30_000)
+        durations = tab.evaluate("[...document.querySelectorAll('#sound audio')].map(a => a.duration)")
+        reverse_steps = json.loads((page.parent / "explain.json").read_text())["sound"]["reverse_steps"]
+        assert len(durations) == 1 + 4 + min(6, reverse_steps) + 1  # clip, noised, reverse states, sample
+        assert all(abs(d - 0.512) < 0.01 for d in durations)
+        assert tab.evaluate("[...document.querySelectorAll('audio')].every(a => !a.error)")
         tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
         browser.close()
     with Image.open(tmp_path / "page.png") as shot:

@@ -131,15 +131,15 @@ def _guidance_options(interval: str | None, rescale: float, autoguide: str | Non
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
-    """Generate, write the PNGs; (grid path, seconds)."""
+    """Generate, write the PNGs (or WAVs); (grid path, seconds)."""
     import time
 
     from .sampling import generate as run_generate
-    from .sampling import write_images
+    from .sampling import write_samples
 
     t0 = time.perf_counter()
-    images, labels = run_generate(loaded, req, progress=progress)
-    return write_images(loaded, req, images, labels, out), time.perf_counter() - t0
+    samples, labels = run_generate(loaded, req, progress=progress)
+    return write_samples(loaded, req, samples, labels, out), time.perf_counter() - t0
 
 
 def _card_defaults(loaded, sampler: str | None, steps: int | None, grid: str | None,
@@ -164,7 +164,8 @@ def sample(
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
 ) -> None:
-    """Generate images: a PNG grid and one PNG per sample, each carrying its parameters."""
+    """Generate images (a PNG grid and one PNG per sample) or sounds (one WAV per sample, all.wav of them in a row and
+    a PNG grid of their spectrograms), each file carrying its parameters."""
     from .models import load_model
     from .nets.cpu import resolve_precision
     from .sampling import SampleRequest, parse_class
@@ -176,7 +177,8 @@ def sample(
                         guidance=guidance, precision=resolve_precision(precision), sigma_min=sigma_min,
                         sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
     path, seconds = _draw(loaded, req, out, progress)
-    typer.echo(f"sampled {n} images with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
+    what = "sounds" if loaded.space.kind == "spectrogram" else "images"
+    typer.echo(f"sampled {n} {what} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
 
 @app.command()
@@ -241,24 +243,36 @@ def _save_task(loaded, req, images, out: Path, extra: dict) -> Path:
 
 @app.command()
 def inpaint(
-    image: Annotated[Path, typer.Argument(help="The image (converted to the model's size and channels).")],
-    mask: Annotated[Path, typer.Option(help="PNG mask: white = fill, black = keep.")],
+    image: Annotated[Path, typer.Argument(help="The image (converted to the model's size and channels), or a sound "
+                                          "clip for a sound model.")],
+    mask: Annotated[Path | None, typer.Option(help="PNG mask: white = fill, black = keep (images).")] = None,
+    gap: Annotated[str | None, typer.Option(help="START:END in seconds: the part of the clip to fill (sounds).")]
+    = None,
     model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
     resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 0,
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/inpaint"),
 ) -> None:
-    """Fill the white part of MASK in IMAGE; every black (keep) pixel is returned exactly as it was.
+    """Fill the white part of MASK in IMAGE (or the --gap of a sound clip); the rest is returned exactly as it was.
 
     In pixel space the known pixels are written into every estimate x̂0. In a latent model the latent cells whose
     pixels are all known are held instead, and the known pixels are pasted back after decoding: the kept region is
-    exact, the border of the hole is the decoder's."""
+    exact, the border of the hole is the decoder's. In a sound model the spectrogram frames outside the gap are
+    held, and the wave outside the gap is the input's."""
     from .tasks import inpaint as run_inpaint
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
                               guidance=guidance)
     if resample < 0:
         raise UndiffuseError(f"--resample must be ≥ 0, got {resample}")
+    if loaded.space.kind == "spectrogram":
+        from .tasks.sound_files import inpaint_file
+        if gap is None:
+            raise UndiffuseError("a sound model fills a gap in time: give --gap START:END (seconds)")
+        typer.echo(inpaint_file(loaded, image, gap, req, out, resample=resample))
+        return
+    if mask is None:
+        raise UndiffuseError("give --mask: a PNG, white where to fill")
     from .data.folder import load_image_tensor
     img = _load_input(image, loaded)
     hole = (load_image_tensor(mask, loaded.config.data.image_size, 1, error="cannot read the mask")[0] > 0).float()
@@ -316,20 +330,30 @@ def edit(
 
 @app.command()
 def denoise(
-    image: Annotated[Path, typer.Argument(help="A noisy image.")],
-    sigma: Annotated[float | None, typer.Option(help="Noise σ on the [-1, 1] scale (default: estimated).")]
-    = None,
+    image: Annotated[Path, typer.Argument(help="A noisy image, or a noisy recording for a sound model.")],
+    sigma: Annotated[float | None, typer.Option(help="Noise σ on the [-1, 1] scale of the model's x "
+                                                "(default: estimated).")] = None,
     model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 10, seed: SeedOpt = 0,
+    clean: Annotated[Path | None, typer.Option(help="Sound: the clean recording, to measure the improvement "
+                                               "against.")] = None,
     out: OutOpt = Path("out/denoise"),
 ) -> None:
-    """Remove Gaussian noise: estimate σ, start the reverse process there.
+    """Remove noise: estimate its level σ, start the reverse process there.
 
-    Pixel-space models only: a noisy image x0 + σε is the sampler's state at σ in pixel space, not in a latent
-    space (a latent model is refused; its `edit` is the nearest thing)."""
+    Images: pixel-space models only: a noisy image x0 + σε is the sampler's state at σ in pixel space, not in a
+    latent space (a latent model is refused; its `edit` is the nearest thing). Sounds: noise of any kind added to a
+    recording; σ is the estimated distance of its spectrogram from a clean one, and the reverse process starts from
+    it noised to σ."""
     from .tasks import denoise as run_denoise
 
     loaded, req = _task_setup(model, class_, prompt, n=1, seed=seed, sampler=sampler, steps=steps, guidance=1.0)
+    if loaded.space.kind == "spectrogram":
+        from .tasks.sound_files import denoise_file
+        typer.echo(denoise_file(loaded, image, req, out, sigma=sigma, clean=clean))
+        return
+    if clean is not None:
+        raise UndiffuseError("--clean is for sound models")
     result, used = run_denoise(loaded, _load_input(image, loaded), req, sigma=sigma)
     path = _save_task(loaded, req, result, out, {"task": "denoise", "image": str(image), "sigma": round(used, 4)})
     typer.echo(f"denoised at σ = {used:.3f} ({'given' if sigma is not None else 'estimated'}): {path}")
@@ -344,15 +368,21 @@ def explain(
     out: Annotated[Path, typer.Option(help="Output folder: index.html and its pictures.")] = Path("out/explain"),
     physics_seconds: Annotated[float, typer.Option(help="Training time of the 2-D particle model.")] = 30.0,
     seed: Annotated[int, typer.Option(help="Seed of every noise draw on the page.")] = 0,
+    sound: Annotated[str | None, typer.Option(help="A sound model for the section on sound (default: the shipped "
+                                              "spoken-digits model where installed; 'none' leaves it out).")]
+    = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Write a page that shows how diffusion works, computed from the real process and a trained model."""
     from .explain import build_explainer
+    from .model_files import shipped_models
 
     if physics_seconds <= 0:
         raise UndiffuseError(f"--physics-seconds must be positive, got {physics_seconds}")
+    if sound is None:
+        sound = "spoken-digits" if "spoken-digits" in shipped_models() else None
     page = build_explainer(model, image=image, out=out, physics_seconds=physics_seconds, seed=seed,
-                           progress=progress)
+                           progress=progress, sound=None if sound == "none" else sound)
     typer.echo(f"wrote {page} (open it in a browser; the pictures lie beside it)")
 
 
@@ -375,8 +405,10 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Generated images per setting, and real images per real set.")] = 1000,
     guidance: Annotated[float | None, typer.Option(help="Guidance of a class-conditional model "
                                                    "(default: its recipe's).")] = None,
-    features: Annotated[str, typer.Option(help="Feature network: inception (FID) or classifier "
-                                          "(the shipped Fashion-MNIST classifier).")] = "inception",
+    features: Annotated[str | None, typer.Option(help="Feature network: inception (FID) or classifier (the shipped "
+                                                 "Fashion-MNIST classifier, or the spoken-digit judge for a sound "
+                                                 "model). Default: inception for images, classifier for sounds.")]
+    = None,
     likelihood: Annotated[int, typer.Option(help="Also bits/dim (VLB and probability-flow ODE) on this many "
                                             "held-out images (~20 s each on 2 CPU cores); 0: skip.")] = 0,
     seed: SeedOpt = 0,

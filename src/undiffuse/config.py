@@ -22,17 +22,18 @@ from .errors import UndiffuseError
 
 
 BACKBONES = ("unet", "dit", "mlp", "autoencoder")
-SPACES = ("pixels", "latent")
+SPACES = ("pixels", "latent", "spectrogram")
 
 
 CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")  # data sets with captions (text models)
+SOUND = ("spoken_digits", "audio_folder")  # data sets of clips (trained in a spectrogram space)
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
-    #                                  tuxpaint (the last four captioned)
-    path: str = ""                   # image folder (name = "folder")
+    #                                  tuxpaint (these four captioned) | spoken_digits | audio_folder (sound)
+    path: str = ""                   # image folder (name = "folder") or sound folder (name = "audio_folder")
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
     image_size: int = 32             # model resolution; images are resized / padded to it
@@ -64,8 +65,14 @@ class ModelConfig:
 
 @dataclass
 class SpaceConfig:
-    kind: str = "pixels"             # where diffusion runs: pixels | latent (an autoencoder's scaled latents)
+    kind: str = "pixels"             # where diffusion runs: pixels | latent (an autoencoder's scaled latents) |
+    #                                  spectrogram (sound as a log-mel spectrogram: spaces.spectrogram)
     autoencoder: str = ""            # latent: the autoencoder's run folder, model file or shipped name
+    rate: int = 8000                 # spectrogram: samples per second of the clips
+    length: int = 8192               # spectrogram: samples per clip (frames = length / hop)
+    n_fft: int = 512                 # spectrogram: STFT window and FFT size
+    hop: int = 128                   # spectrogram: frame step
+    n_mels: int = 64                 # spectrogram: mel bands (the height of x)
 
 
 @dataclass
@@ -179,9 +186,9 @@ class Config:
                   ("train.max_seconds", self.train.max_seconds >= 0, "≥ 0"),
                   ("space.kind", self.space.kind in SPACES, ", ".join(SPACES)),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
-                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", "emoji", "openmoji",
-                                                   "emoji+openmoji", "tuxpaint"),
-                   "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji or tuxpaint"),
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", *CAPTIONED, *SOUND),
+                   "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji, tuxpaint, spoken_digits or "
+                   "audio_folder"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]"),
@@ -213,7 +220,7 @@ class Config:
                 raise UndiffuseError(f"model.text_attention = 'joint' needs text: captioned data "
                                      f"({', '.join(CAPTIONED)}) with data.conditional = true, got "
                                      f"data.name = {self.data.name!r}, data.conditional = {self.data.conditional}")
-        if self.model.backbone == "unet" and self.space.kind == "pixels":  # a latent grid is checked when built
+        if self.model.backbone == "unet" and self.space.kind != "latent":  # a latent grid is checked when built
             factor = 2 ** (len(self.model.channel_mult) - 1)
             if self.data.image_size % factor:
                 raise UndiffuseError(f"data.image_size ({self.data.image_size}) must be divisible by the U-Net's "
@@ -221,7 +228,31 @@ class Config:
                                      f"{len(self.model.channel_mult)} levels)")
         if self.data.name == "folder" and not self.data.path:
             raise UndiffuseError("data.path must name an image folder when data.name = 'folder'")
+        self._check_sound()
         return self
+
+    def _check_sound(self) -> None:
+        """Sound data trains in a spectrogram space whose x is the (1, image_size, image_size) grid."""
+        sound, spectrogram = self.data.name in SOUND, self.space.kind == "spectrogram"
+        if sound != spectrogram:
+            raise UndiffuseError(f"sound data ({', '.join(SOUND)}) trains in space.kind = 'spectrogram' and only "
+                                 f"sound does; got data.name = {self.data.name!r} in {self.space.kind!r}")
+        if not sound:
+            return
+        s = self.space
+        if self.data.name == "audio_folder" and not self.data.path:
+            raise UndiffuseError("data.path must name a folder of sound clips when data.name = 'audio_folder'")
+        if self.model.backbone not in ("unet", "dit"):
+            raise UndiffuseError(f"a spectrogram model needs model.backbone = 'unet' or 'dit', got "
+                                 f"{self.model.backbone!r}")
+        if self.data.flip:
+            raise UndiffuseError("data.flip must be false for sound: a mirrored spectrogram is speech played "
+                                 "backwards")
+        if self.data.channels != 1 or not self.data.image_size == s.n_mels == s.length // s.hop:
+            raise UndiffuseError(f"a spectrogram is 1 × n_mels × (length / hop) = 1 × {s.n_mels} × "
+                                 f"{s.length // s.hop}: set data.channels = 1 and data.image_size = space.n_mels = "
+                                 f"space.length / space.hop (got channels {self.data.channels}, image_size "
+                                 f"{self.data.image_size})")
 
 
 # --------------------------------------------------------------------------- (de)serialisation

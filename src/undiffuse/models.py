@@ -27,10 +27,13 @@ def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
 
 def build_space(cfg: Config, tensors: dict[str, Tensor] | None = None, meta: dict[str, Any] | None = None,
                 what: str = "the model") -> Space:
-    """Where the model's diffusion runs: pixels, or the latents of the autoencoder the config names (or the one a
-    trained latent model carries in ``tensors`` / ``meta``)."""
+    """Where the model's diffusion runs: pixels, a sound's log-mel spectrogram, or the latents of the autoencoder the
+    config names (or the one a trained latent model carries in ``tensors`` / ``meta``)."""
     if cfg.space.kind == "pixels":
         return PixelSpace((cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    if cfg.space.kind == "spectrogram":
+        from .spaces.spectrogram import spectrogram_space
+        return spectrogram_space(cfg)
     from .spaces.latent import latent_space_from
     space = latent_space_from(tensors, meta or {}, what) if tensors is not None else \
         load_autoencoder(cfg.space.autoencoder)

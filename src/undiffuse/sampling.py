@@ -1,4 +1,4 @@
-"""Generate images from a trained model: seeds, classes, guidance → tensors and PNG files."""
+"""Generate from a trained model: seeds, classes, guidance → tensors, and PNG files (images) or WAVs (sounds)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from . import samplers
 from .errors import UndiffuseError
 from .denoiser import shaped, with_precision
 from .guidance import AutoguidedDenoiser, CFGDenoiser, GuidanceInterval, check_guide, null_text
+from .data.audio import write_wav, write_wav_sequence
 from .images import make_grid, save_png
 from .models import LoadedModel, load_model
 from .nets.cpu import DEFAULT_INFERENCE_PRECISION, keep_freed_memory
@@ -163,10 +164,8 @@ def generate(model: LoadedModel, req: SampleRequest, progress: bool = True,
     return torch.cat(out), labels
 
 
-def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels: Tensor | None,
-                 out_dir: str | Path) -> Path:
-    """grid.png plus one PNG per sample, each with its parameters in a text chunk."""
-    out = Path(out_dir)
+def _output_params(model: LoadedModel, req: SampleRequest, labels: Tensor | None) -> dict[str, Any]:
+    """The parameters every output of a request carries (the options that took effect)."""
     base = {"model": model.source, **{k: v for k, v in asdict(req).items() if k not in ("n", "batch_size", "label")}}
     if not model.text_conditioned:
         base.pop("prompt")
@@ -176,18 +175,60 @@ def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels:
                      ("autoguide", req.autoguide is None)):
         if off:
             base.pop(key)
-    for i, img in enumerate(images):
+    return base
+
+
+def _each_output(model: LoadedModel, req: SampleRequest, labels: Tensor | None, count: int, base: dict[str, Any]):
+    """(file stem, parameters) of each sample: its seed, and its class where it has one."""
+    for i in range(count):
         params = {**base, "seed": req.seed + i}
+        name = f"{i:04d}_seed{req.seed + i}"
         if labels is not None:
             params["class"] = model.class_names[int(labels[i])]
-        name = f"{i:04d}_seed{req.seed + i}" + (f"_{model.class_names[int(labels[i])]}" if labels is not None else "")
-        save_png(out / f"{_safe(name)}.png", img, params)
+            name += f"_{params['class']}"
+        yield _safe(name), params
+
+
+def _grid_layout(model: LoadedModel, req: SampleRequest, labels: Tensor | None, count: int,
+                 base: dict[str, Any]) -> tuple[int | None, list[str] | None, dict[str, Any]]:
+    """(columns, column labels, parameters) of the grid of all samples: one column per class when all are drawn."""
     nrow = model.num_classes if labels is not None and req.label is None and req.n >= model.num_classes else None
-    grid_params = {**base, "seeds": f"{req.seed}-{req.seed + len(images) - 1}"}
+    params = {**base, "seeds": f"{req.seed}-{req.seed + count - 1}"}
     if labels is not None:
-        grid_params["class"] = model.class_names[req.label] if req.label is not None else "all, in turn"
-    labels_row = model.class_names if nrow else None
+        params["class"] = model.class_names[req.label] if req.label is not None else "all, in turn"
+    return nrow, (model.class_names if nrow else None), params
+
+
+def write_images(model: LoadedModel, req: SampleRequest, images: Tensor, labels: Tensor | None,
+                 out_dir: str | Path) -> Path:
+    """grid.png plus one PNG per sample, each with its parameters in a text chunk."""
+    out = Path(out_dir)
+    base = _output_params(model, req, labels)
+    for img, (name, params) in zip(images, _each_output(model, req, labels, len(images), base), strict=True):
+        save_png(out / f"{name}.png", img, params)
+    nrow, labels_row, grid_params = _grid_layout(model, req, labels, len(images), base)
     return save_png(out / "grid.png", make_grid(images, nrow=nrow), grid_params, scale=2, column_labels=labels_row)
+
+
+def write_sounds(model: LoadedModel, req: SampleRequest, waves: Tensor, labels: Tensor | None,
+                 out_dir: str | Path) -> Path:
+    """One WAV per sample carrying its parameters (LIST/INFO/ICMT), all.wav with every clip in a row, and
+    spectrograms.png: the grid of each clip's spectrogram as it sounds (the decoded wave encoded again)."""
+    out, space = Path(out_dir), model.space
+    base = _output_params(model, req, labels)
+    for wave, (name, params) in zip(waves, _each_output(model, req, labels, len(waves), base), strict=True):
+        write_wav(out / f"{name}.wav", wave, space.rate, params)
+    nrow, labels_row, grid_params = _grid_layout(model, req, labels, len(waves), base)
+    write_wav_sequence(out / "all.wav", waves, space.rate, grid_params)
+    return save_png(out / "spectrograms.png", make_grid(space.picture(space.encode(waves)), nrow=nrow), grid_params,
+                    scale=2, column_labels=labels_row)
+
+
+def write_samples(model: LoadedModel, req: SampleRequest, samples: Tensor, labels: Tensor | None,
+                  out_dir: str | Path) -> Path:
+    """What :func:`generate` returned, written as its kind is kept: PNGs of images, WAVs of sounds; the grid's path."""
+    write = write_sounds if model.space.kind == "spectrogram" else write_images
+    return write(model, req, samples, labels, out_dir)
 
 
 def _safe(name: str) -> str:

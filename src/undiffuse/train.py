@@ -38,6 +38,7 @@ from .distill import distillation_loss, trajectory_data
 from .ema import EMA
 from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
+from .data.audio import write_wav_sequence
 from .images import make_grid, save_png
 from .losses import denoising_loss
 from .model_files import resolve_model_path
@@ -403,11 +404,13 @@ class Trainer:
         gens = samplers.make_generators(range(n))
         x = samplers.randn((n, *self.space.shape), gens, device=self.dist.device) * float(sigmas[0])
         cond = cond.to(self.dist.device) if isinstance(cond, Tensor) else cond
-        out = self.space.decode(samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens))
+        x = samplers.get(cfg.sample.sampler)(denoiser, x, sigmas, cond=cond, generator=gens)
         path = self.out / "samples" / f"step_{self.step:08d}.png"
-        save_png(path, make_grid(out, nrow=per_row if n_cls else None), {
-            "model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
-            "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"})
+        params = {"model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
+                  "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"}
+        save_png(path, make_grid(self.space.picture(x), nrow=per_row if n_cls else None), params)
+        if self.space.kind == "spectrogram":  # and hear them: the clips in a row, class by class
+            write_wav_sequence(path.with_suffix(".wav"), self.space.decode(x), self.space.rate, params)
         return path
 
 

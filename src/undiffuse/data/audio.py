@@ -158,7 +158,10 @@ def _chunk(tag: bytes, payload: bytes) -> bytes:
 
 def wav_bytes(wave: Tensor | np.ndarray, rate: int, params: dict[str, Any] | None = None) -> bytes:
     """A mono 16-bit PCM WAV; ``params`` as JSON in LIST/INFO/ICMT (and ISFT = "undiffuse")."""
-    pcm = np.round(np.clip(as_numpy(wave), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    samples = as_numpy(wave)
+    if not np.isfinite(samples).all():
+        raise UndiffuseError("cannot write a WAV of a clip with NaN or infinite samples")
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)  # PCM, mono, rate, bytes/s, block align, bits
     info = _chunk(b"ISFT", b"undiffuse\0")
     if params:

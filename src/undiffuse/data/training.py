@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import CAPTIONED, Config, DataConfig
+from ..config import CAPTIONED, SOUND, Config, DataConfig
 from ..errors import UndiffuseError
 from .images import ImageData
 
@@ -147,6 +147,9 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name in CAPTIONED:
         captioned = load_captioned(d)
         return ImageTrainingData(ImageData(captioned.images, torch.full((len(captioned),), -1)), flip=d.flip)
+    if d.name in SOUND:  # clips as spectrogram images of the config's [space]
+        from .sound import load_sound_images
+        return ImageTrainingData(load_sound_images(cfg))
     if d.name == "fashion_mnist":
         from .fashion_mnist import load_fashion_mnist
         images = load_fashion_mnist("train", size=d.image_size)

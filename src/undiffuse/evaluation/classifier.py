@@ -92,6 +92,36 @@ def features(model: ImageClassifier, images: Tensor, batch_size: int = 500) -> T
     return model.features(images, batch_size)
 
 
+def save_classifier(model: ImageClassifier, config: dict, out: Path) -> None:
+    """Write model.safetensors + config.json into ``out``, each atomically (a crash leaves the previous file
+    whole) and readable by every user (package data)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for name, write in [("model.safetensors", lambda p: save_file(tensors, p)),
+                        ("config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))]:
+        tmp = out / (name + ".tmp")
+        write(str(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out / name)
+
+
+def training_parser(description: str, default_out: Path, epochs: int, epochs_help: str, batch_size: int):
+    """The command line of the scripts that train a shipped classifier (scripts/train_classifier.py,
+    scripts/train_digit_judge.py)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help="folder for model.safetensors + config.json")
+    parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak of the one-cycle schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser
+
+
 def _resolve(name_or_path: str | os.PathLike) -> Path:
     """A shipped model's folder by name, else a folder (or its model.safetensors) on disk."""
     shipped = resources.files("undiffuse") / "pretrained" / str(name_or_path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,8 +41,9 @@ class EvalSettings:
     guidance: float | None = None  # None: the model's recipe (class-conditional models)
     seed: int = 0
     grid: str | None = None        # σ grid; None: the model's recipe
-    features: str = "inception"    # inception (FID proper) | classifier (the Fashion-MNIST classifier's 128-d)
-    classifier: str = "fashion-mnist-classifier"
+    features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
+    #                                model's kind (inception for images, classifier for sounds)
+    classifier: str | None = None  # None: fashion-mnist-classifier, or spoken-digits-judge for a sound model
     k: int = 3                     # neighbours of the precision / recall manifolds
     batch_size: int = 64
     likelihood: int = 0            # held-out images to measure bits/dim on (VLB and ODE); 0: skip
@@ -121,15 +122,37 @@ def feature_network(settings: EvalSettings, device: str = "cpu") -> Callable[[Te
     raise UndiffuseError(f"unknown feature network {settings.features!r}; choose {', '.join(FEATURE_NETWORKS)}")
 
 
+SOUND_JUDGE = "spoken-digits-judge"
+
+
+def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
+    """``settings`` with the feature network and classifier left open chosen by the model's kind: a sound model is
+    heard by the spoken-digit judge (its features and its verdict; Inception knows no spectrograms)."""
+    sound = model.space.kind == "spectrogram"
+    features = settings.features or ("classifier" if sound else "inception")
+    if sound and features == "inception":
+        raise UndiffuseError(f"{model.source} makes sounds: score them with --features classifier (the spoken-digit "
+                             "judge), not Inception, which was trained on photographs")
+    classifier = settings.classifier or (SOUND_JUDGE if sound else "fashion-mnist-classifier")
+    return replace(settings, features=features, classifier=classifier)
+
+
+def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
+    """What the feature network and classifier see of generated samples: the images, or a sound's spectrogram as
+    it sounds (the decoded wave encoded again: phase recovery is part of what is judged)."""
+    return model.space.encode(samples) if model.space.kind == "spectrogram" else samples
+
+
 def _check(model: LoadedModel, settings: EvalSettings) -> None:
     if model.text_conditioned:
         raise UndiffuseError(f"{model.source} is text-conditioned: evaluate measures unconditional and "
                              "class-conditional image models (bench/text_model.py scores text models)")
     if model.meta.get("dim"):
         raise UndiffuseError(f"{model.source} is a {model.meta['dim']}-D point model: evaluate measures image models")
-    if settings.likelihood and model.space.kind == "latent":
-        raise UndiffuseError(f"{model.source} diffuses in a latent space: its likelihood would be that of latents, "
-                             "not of images (bits/dim are measured for pixel-space models only)")
+    if settings.likelihood and model.space.kind != "pixels":
+        what = "latents" if model.space.kind == "latent" else "spectrograms"
+        raise UndiffuseError(f"{model.source} diffuses in a {model.space.kind} space: its likelihood would be that "
+                             f"of {what}, not of images (bits/dim are measured for pixel-space models only)")
     if settings.likelihood < 0 or settings.vlb_timesteps < 0 or not 0 < settings.ode_rtol < 1:
         raise UndiffuseError("likelihood and vlb_timesteps must be ≥ 0 and ode_rtol in (0, 1)")
     if settings.n < 2 * settings.k + 2:
@@ -200,6 +223,7 @@ def image_likelihood(model: LoadedModel, images: Tensor, labels: Tensor | None, 
 def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None = None,
              progress: bool = True) -> Evaluation:
     """Measure every (sampler, steps) of ``settings`` on ``model``; the real set's features are cached."""
+    settings = for_model(model, settings)
     _check(model, settings)
     ref: Reference = reference_set(model.config, settings.n, seed=settings.seed)
     extract = feature_network(settings)
@@ -224,6 +248,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
             t0 = time.perf_counter()
             images, labels = generate(model, req, progress=progress)
             seconds = time.perf_counter() - t0
+            images = as_judged(model, images)
             nfe = counter.rows / settings.n / (2 if guided else 1)
             row = Row(name, steps, nfe, seconds, score(real_a, extract(images), settings.k))
             if clf is not None and labels is not None:

@@ -46,12 +46,16 @@ def _real_images(cfg: Config) -> tuple[Tensor, Tensor, str]:
         from ..data.digits import load_digits_data
         data = load_digits_data(size=d.image_size)
         return data.images, data.labels, "digits (training images: no held-out split)"
+    if d.name in ("spoken_digits", "audio_folder"):  # the clips' spectrograms, as the model's x
+        from ..data.sound import load_sound_images
+        data = load_sound_images(cfg)
+        return data.images, data.labels, f"{d.path or d.name} (training clips' spectrograms)"
     if d.name == "folder":
         from ..data.folder import load_image_folder
         data = load_image_folder(d.path, size=d.image_size, channels=d.channels)
         return data.images, data.labels, f"{d.path} (training images: no held-out split)"
     raise UndiffuseError(f"evaluate compares images with a data set; data.name {d.name!r} is not supported "
-                         "(fashion_mnist, digits or an image folder)")
+                         "(fashion_mnist, digits, an image folder or sound)")
 
 
 def reference_set(cfg: Config, n: int, seed: int = 0) -> Reference:

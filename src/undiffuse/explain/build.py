@@ -52,17 +52,20 @@ def _fig(out: Path, name: str, fig, params: dict) -> str:
 
 def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Path | None = None,
                     out: str | Path = "out/explain", physics_seconds: float = 30.0, seed: int = 0,
-                    progress: bool = True) -> Path:
-    """Write ``out``/index.html and its pictures; returns the page's path. The numbers go to explain.json."""
+                    progress: bool = True, sound: str | LoadedModel | None = None) -> Path:
+    """Write ``out``/index.html and its pictures; returns the page's path. The numbers go to explain.json.
+    ``sound``: a sound model whose section (a real clip, noised, a reverse process, each with a player) is added."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     m = load_model(model) if not isinstance(model, LoadedModel) else model
-    if m.config.data.image_size is None or m.meta.get("dim") is not None:
-        raise UndiffuseError(f"{m.source} is not an image model; explain needs one (e.g. fashion-mnist)")
+    if m.config.data.image_size is None or m.meta.get("dim") is not None or m.space.kind == "spectrogram":
+        raise UndiffuseError(f"{m.source} is not an image model; explain needs one (e.g. fashion-mnist), and takes "
+                             "a sound model as --sound")
+    heard = (load_model(sound) if not isinstance(sound, LoadedModel) else sound) if sound is not None else None
     channels = m.config.data.channels
     t_start = time.perf_counter()
     numbers: dict = {"model": m.source}
-    steps = tqdm(total=7, desc="explain", unit="section", disable=not progress)
+    steps = tqdm(total=7 + (heard is not None), desc="explain", unit="section", disable=not progress)
 
     try:
         train, train_labels = reverse.training_images(m)
@@ -257,6 +260,11 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
     sections.append(Section("guidance", "Guidance", paragraphs, pics))
     steps.update()
+
+    if heard is not None:  # 8. sound -------------------------------------------------------------------
+        from .sound import sound_section
+        sections.append(sound_section(heard, out, {**params, "model": heard.source}, numbers, seed))
+        steps.update()
     steps.close()
 
     numbers["seconds"] = time.perf_counter() - t_start

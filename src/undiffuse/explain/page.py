@@ -1,4 +1,4 @@
-"""A self-contained HTML page: sections of text over pictures that sit beside it; no network needed."""
+"""A self-contained HTML page: sections of text over pictures and sounds that sit beside it; no network needed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ figcaption { font-size: 0.9em; color: #555; } table { border-collapse: collapse;
 td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
 nav a { margin-right: 1em; } .slider { display: flex; align-items: center; gap: 1em; }
 .slider input { width: 420px; } .note { color: #666; font-size: 0.9em; }
+figure.sound { display: inline-block; margin: 0.4em 1em 0.4em 0; } figure.sound audio { width: 260px; }
 """
 
 SLIDER_JS = """
@@ -37,6 +38,14 @@ class Picture:
 
 
 @dataclass
+class Sound:
+    """A player for a WAV beside the page."""
+
+    src: str
+    caption: str
+
+
+@dataclass
 class Slider:
     """An image that a range input steps through ``frames`` (files beside the page)."""
 
@@ -51,11 +60,14 @@ class Section:
     id: str
     title: str
     paragraphs: list[str]               # HTML (numbers already formatted in)
-    figures: list[Picture | Slider] = field(default_factory=list)
+    figures: list[Picture | Slider | Sound] = field(default_factory=list)
     table: tuple[list[str], list[list[str]]] | None = None   # header, rows
 
 
-def _figure(f: Picture | Slider) -> str:
+def _figure(f: Picture | Slider | Sound) -> str:
+    if isinstance(f, Sound):
+        return (f'<figure class="sound"><audio controls preload="auto" src="{html.escape(f.src)}"></audio>'
+                f'<figcaption>{f.caption}</figcaption></figure>')
     if isinstance(f, Slider):
         import json
         return (f'<figure class="slider-box" id="{f.id}" data-frames=\'{html.escape(json.dumps(f.frames))}\' '

@@ -89,6 +89,10 @@ class LatentSpace:
                for i in range(0, len(x), self.batch_size)]
         return torch.cat(out)
 
+    def picture(self, x: Tensor) -> Tensor:
+        """What x looks like: its decoded image."""
+        return self.decode(x)
+
     def tensors(self) -> dict[str, Tensor]:
         """The autoencoder's weights, prefixed to travel inside a diffusion model's file."""
         return prefixed(self.autoencoder.state_dict(), "autoencoder")

@@ -6,7 +6,8 @@ encode: wave (N, L) → STFT magnitude |X| (Hann, n_fft, hop; scaled so a unit s
 and 0 dB is +1. The range is fixed, not measured per clip, so a level means the same in every clip and
 model. On peak-normalised speech (peak 0.95) the loudest bands reach x = 0.98 (Tux Paint's recordings) and
 0.93 (espeak-ng), 99 % of values lie below 0.66: x is in [−1, 1] up to rare excursions (a full-scale pure
-tone sums its window's main lobe into one band and reaches a few dB more), which decode accepts.
+tone sums its window's main lobe into one band and reaches a few dB more), which decode accepts up to
+x = X_MAX (+10 dB); beyond, a cell is taken as X_MAX (noisy or diverged x would otherwise overflow the inverse).
 
 decode: x → dB → mel amplitude → linear magnitude by non-negative least squares (projected gradient
 from the clamped pseudo-inverse) → phase by Griffin & Lim (1984) with the momentum of Perraudin, Balazs &
@@ -26,12 +27,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..errors import UndiffuseError
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+X_MAX = 1.25  # the loudest x decode takes: +10 dB above a full-scale sine in one band
 
 
 def hz_to_mel(f: Tensor) -> Tensor:
@@ -184,13 +191,20 @@ class SpectrogramSpace:
         phase = torch.rand(like.shape[-2:], generator=g) * (2 * math.pi)  # (F, T): one for every clip
         return torch.polar(torch.ones_like(phase), phase).to(like.device)
 
-    def griffin_lim(self, magnitude: Tensor, iters: int | None = None, momentum: float | None = None) -> Tensor:
+    def griffin_lim(self, magnitude: Tensor, iters: int | None = None, momentum: float | None = None,
+                    phase_from: Tensor | None = None) -> Tensor:
         """(N, F, T) scaled magnitude → (N, L) wave by fast Griffin-Lim (Perraudin et al. 2013, Algorithm 2):
-        t_n = P_C1(P_C2(c_{n−1})), c_n = t_n + α (t_n − t_{n−1}); α = 0 is Griffin & Lim (1984)."""
+        t_n = P_C1(P_C2(c_{n−1})), c_n = t_n + α (t_n − t_{n−1}); α = 0 is Griffin & Lim (1984). The phase starts
+        from the seeded random one, or from the STFT of the waves ``phase_from`` (N, L) where given (a task's input:
+        a noisy or gapped recording whose phase is nearer the answer than noise is)."""
         iters = self.gl_iters if iters is None else iters
         alpha = self.momentum if momentum is None else momentum
         target = magnitude / self._scale
-        angles = self.initial_phase(target).expand_as(target)
+        if phase_from is not None:
+            spec = self.stft(phase_from.to(target.device))
+            angles = torch.where(spec.abs() > 1e-8, spec / (spec.abs() + 1e-12), self.initial_phase(target))
+        else:
+            angles = self.initial_phase(target).expand_as(target)
         t_prev = None
         for _ in range(iters):
             t = self.stft(self.istft(target * angles))  # projection onto consistent spectrograms
@@ -200,9 +214,30 @@ class SpectrogramSpace:
         return self.istft(target * angles)
 
     @torch.no_grad()
-    def decode(self, x: Tensor) -> Tensor:
-        """(N, 1, n_mels, frames) → (N, L) waves in [-1, 1]."""
+    def decode(self, x: Tensor, phase_from: Tensor | None = None) -> Tensor:
+        """(N, 1, n_mels, frames) → (N, L) waves in [-1, 1] (``phase_from``: see :meth:`griffin_lim`)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
             raise UndiffuseError(f"spectrogram: expected x (N, {', '.join(map(str, self.shape))}), "
                                  f"got {tuple(x.shape)}")
-        return self.griffin_lim(self.mel_to_linear(self.to_mel(x))).clamp(-1, 1)
+        x = torch.nan_to_num(x.float(), nan=-1.0).clamp(max=X_MAX)
+        return self.griffin_lim(self.mel_to_linear(self.to_mel(x)), phase_from=phase_from).clamp(-1, 1)
+
+    def picture(self, x: Tensor) -> Tensor:
+        """(N, 1, n_mels, frames) → (N, 3, n_mels, frames) RGB in [-1, 1]: :func:`spectrogram_picture`."""
+        return spectrogram_picture(x)
+
+
+def spectrogram_picture(x: Tensor, colormap: str = "magma") -> Tensor:
+    """Spectrograms x (N, 1, M, T) in [-1, 1] as RGB pictures (N, 3, M, T) in [-1, 1]: low frequencies at the
+    bottom, as spectrograms are drawn, in a perceptually uniform colour map (−80 dB dark, 0 dB bright)."""
+    from matplotlib import colormaps
+
+    level = ((x[:, 0].detach().float().cpu().clamp(-1, 1) + 1) / 2).flip(-2)  # (N, M, T), row 0 = highest band
+    rgb = torch.from_numpy(colormaps[colormap](level.numpy())[..., :3]).float()  # (N, M, T, 3)
+    return rgb.permute(0, 3, 1, 2) * 2 - 1
+
+
+def spectrogram_space(cfg: Config) -> SpectrogramSpace:
+    """The spectrogram space a config's ``[space]`` describes (kind = "spectrogram")."""
+    s = cfg.space
+    return SpectrogramSpace(rate=s.rate, length=s.length, n_fft=s.n_fft, hop=s.hop, n_mels=s.n_mels)

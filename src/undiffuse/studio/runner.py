@@ -56,7 +56,7 @@ class Watch:
         job.eta = elapsed * (1 - done) / done if done > 0 and elapsed > 0 else None
         if x0_hat is not None and self.every and (self.steps == 1 or self.steps % self.every == 0):
             x0 = x0_hat[:job.spec.request.n].float()
-            images = self.model.space.decode(x0) if self.model.space.kind != "pixels" else x0
+            images = self.model.space.picture(x0)
             job.preview = preview_png(self.shown(images))
             job.preview_version += 1
             job.preview_step = self.steps
