@@ -322,3 +322,26 @@ def test_cli_has_the_command():
     assert result.exit_code == 0
     for option in ("--host", "--port", "--runs", "--out"):
         assert option in result.output
+
+
+def test_a_sound_model_gives_clips_to_play(tone_run, tmp_path):
+    """A sound model's job writes WAVs with their parameters, all.wav and the spectrogram grid; the history serves
+    them as audio; its only task is generate."""
+    from undiffuse.data.audio import read_wav_params
+
+    with BackgroundStudio(tone_run.parent, tmp_path) as server:
+        c = StudioClient(server.url)
+        entry = {m["id"]: m for m in c.get("/api/models")["models"]}[MODEL]
+        assert entry["sound"] and entry["space"] == "spectrogram" and entry["tasks"] == ["generate"]
+        done = c.wait(c.submit(model=MODEL, steps=3, n=2, seed=4, **{"class": "low"})["id"])
+        assert done["state"] == "done", done
+        urls = done["result"]["urls"]
+        assert len(urls["sounds"]) == 2 and urls["all_sounds"].endswith("all.wav")
+        assert urls["grid"].endswith("spectrograms.png") and urls["images"] == []
+        status, data = raw(server, "GET", urls["sounds"][1])
+        assert status == 200 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+        clip = tmp_path / "clip.wav"
+        clip.write_bytes(data)
+        assert read_wav_params(clip)["seed"] == 5 and read_wav_params(clip)["class"] == "low"
+        with pytest.raises(StudioError, match="cannot denoise"):
+            c.submit(model=MODEL, task="denoise", image=data_url(png(Image.new("L", (32, 32)))))

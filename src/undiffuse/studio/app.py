@@ -217,7 +217,7 @@ class Studio:
     async def history_file(self, request: Request) -> Response:
         p = request.path_params
         path = await run_in_threadpool(self.history.file, p["job"], p["name"])
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path, media_type="audio/wav" if path.suffix == ".wav" else "image/png")
 
     def _recall(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or "image" not in body:

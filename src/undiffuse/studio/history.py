@@ -1,5 +1,6 @@
-"""The gallery on disk: one folder per finished job under OUT/history/, holding its PNGs (each carrying its
-parameters), its inputs, and record.json. It survives a restart; nothing is written or served outside it."""
+"""The gallery on disk: one folder per finished job under OUT/history/, holding its PNGs (or a sound model's
+WAVs and spectrogram grid; each carrying its parameters), its inputs, and record.json. It survives a restart;
+nothing is written or served outside it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Any
 from .limits import ApiError
 
 ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-[0-9a-f]{6}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.png$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.(png|wav)$")
+GRIDS = ("grid.png", "spectrograms.png")  # the picture of all samples: of images, of sounds
+ALL_SOUNDS = "all.wav"
 RECORD = "record.json"
 INPUTS = ("input.png", "mask.png")
 
@@ -53,7 +56,7 @@ class History:
         return path
 
     def file(self, job_id: str, name: str) -> Path:
-        """A PNG of a history entry (or its input); refused unless it is a plain file inside its folder."""
+        """A PNG or WAV of a history entry (or its input); refused unless it is a plain file inside its folder."""
         folder = self.folder(job_id)
         if not NAME_RE.match(name):
             raise ApiError(f"no file {name[:60]!r}", 404)
@@ -65,9 +68,11 @@ class History:
     def save_record(self, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write record.json atomically (temporary file + rename): an entry is in the history only once whole."""
         folder = self.folder(job_id)
-        images = sorted(p.name for p in folder.glob("*.png") if p.name not in INPUTS and p.name != "grid.png")
-        record = {**record, "id": job_id, "images": images,
-                  "grid": "grid.png" if (folder / "grid.png").is_file() else None,
+        images = sorted(p.name for p in folder.glob("*.png") if p.name not in INPUTS and p.name not in GRIDS)
+        sounds = sorted(p.name for p in folder.glob("*.wav") if p.name != ALL_SOUNDS)
+        record = {**record, "id": job_id, "images": images, "sounds": sounds,
+                  "all_sounds": ALL_SOUNDS if (folder / ALL_SOUNDS).is_file() else None,
+                  "grid": next((g for g in GRIDS if (folder / g).is_file()), None),
                   "inputs": [n for n in INPUTS if (folder / n).is_file()]}
         tmp = folder / f".{RECORD}.tmp"
         tmp.write_text(json.dumps(record, indent=1))
@@ -79,6 +84,8 @@ class History:
         base = f"/files/history/{record['id']}/"
         return {**record, "urls": {"grid": base + record["grid"] if record.get("grid") else None,
                                    "images": [base + n for n in record.get("images", [])],
+                                   "sounds": [base + n for n in record.get("sounds", [])],
+                                   "all_sounds": base + record["all_sounds"] if record.get("all_sounds") else None,
                                    "inputs": {n.removesuffix(".png"): base + n for n in record.get("inputs", [])}}}
 
     def _read(self, folder: Path) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from ..errors import UndiffuseError
 from ..images import make_grid, to_uint8
 from ..models import LoadedModel
 from ..nets.cpu import resolve_precision
-from ..sampling import generate, request_sigmas, write_images
+from ..sampling import generate, request_sigmas, write_samples
 from .catalogue import Catalogue
 from .history import History
 from .jobs import Job
@@ -64,7 +64,7 @@ class Watch:
 
 
 def run_job(job: Job, catalogue: Catalogue, history: History, changed: Callable[[], None]) -> dict[str, Any]:
-    """Run ``job``; its PNGs go to its history folder; returns the history record."""
+    """Run ``job``; its PNGs (a sound model's WAVs) go to its history folder; returns the history record."""
     spec, t0 = job.spec, time.time()
     job.phase = "loading model"
     changed()
@@ -83,7 +83,7 @@ def run_job(job: Job, catalogue: Catalogue, history: History, changed: Callable[
                                   callback=lambda i, sigma, x, x0_hat: watch.step(x0_hat))
         job.phase = "writing"
         changed()
-        write_images(loaded, req, images, labels, folder)
+        write_samples(loaded, req, images, labels, folder)
     else:
         _run_task(job, loaded, folder, changed)
     return history.save_record(job.id, {"created": job.created, "finished": time.time(),

@@ -423,7 +423,8 @@ function renderCurrent() {
       result.dataset.job = job.id;
       thumbs.dataset.job = job.id;
       thumbs.replaceChildren(...r.urls.images.map((u) =>
-        el("a", { href: u, target: "_blank" }, el("img", { src: u, alt: u.split("/").pop(), title: u.split("/").pop() }))));
+        el("a", { href: u, target: "_blank" }, el("img", { src: u, alt: u.split("/").pop(), title: u.split("/").pop() }))),
+        ...players(r));
     }
     result.hidden = false; preview.hidden = true;
     status.replaceChildren(`done in ${seconds(job.result.seconds)} · ${seed} `,
@@ -457,6 +458,15 @@ function poll() {
   S.pollTimer = setInterval(async () => { try { onJobs(await api("GET", "/api/jobs")); } catch (e) { /* retry */ } }, 1000);
 }
 
+// A sound model's result: a player per clip (its name says seed and class), and one of all of them in a row.
+function players(r) {
+  const sounds = r.urls.sounds || [];
+  const one = (u, label) => el("figure", { class: "sound" }, el("audio", { controls: "", preload: "metadata", src: u }),
+    el("figcaption", { text: label }));
+  return [...(r.urls.all_sounds ? [one(r.urls.all_sounds, "all, in a row")] : []),
+    ...sounds.map((u) => one(u, u.split("/").pop().replace(/\.wav$/, "")))];
+}
+
 // ------------------------------------------------------------------ history
 function meta(s, r) {
   const parts = [["model", s.model], ["task", s.task !== "generate" ? s.task : null], ["prompt", s.prompt],
@@ -473,6 +483,8 @@ async function loadHistory(reset = false) {
   const cards = data.items.map((r) => el("div", { class: "card", "data-id": r.id },
     el("a", { href: r.urls.grid || r.urls.images[0], target: "_blank" },
       el("img", { class: "grid", src: r.urls.grid || r.urls.images[0], alt: r.summary || r.id })),
+    ...(r.urls.all_sounds ? [el("audio", { controls: "", preload: "metadata", src: r.urls.all_sounds, class: "all-sounds",
+      title: "every clip in a row" })] : []),
     el("div", { class: "meta" }, meta(r.settings, r)),
     el("div", { class: "buttons" },
       el("button", { type: "button", class: "reuse", text: "Use these settings again", onclick: async () => {
