@@ -8,6 +8,7 @@ path. For training on a CPU wrap the forward pass in :func:`undiffuse.nets.cpu.t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -136,7 +137,10 @@ class UNet(nn.Module):
         # Zero output: the net starts as F ≡ 0, so the denoiser starts as its skip path (EDM, DiT).
         self.out = zero_(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | dict[str, Tensor] | None = None,
+                mix: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """``mix(i, h)``, where given, is applied to the features after block i of the down path, the middle and
+        the up path in turn (a video net's temporal layers: :class:`~undiffuse.nets.video_unet.VideoUNet`)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise UndiffuseError(f"this UNet takes images (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
@@ -155,14 +159,15 @@ class UNet(nn.Module):
             raise UndiffuseError("this UNet is unconditional (num_classes=0) but got a class label")
         emb = F.silu(emb)                                                                # (B, E)
 
+        mix = mix or (lambda i, h: h)
         h = self.inp(x)                                                                  # (B, C, H, W)
         skips = [h]
-        for block in self.down:
-            h = self._run(block, h, emb, text)
+        for i, block in enumerate(self.down):
+            h = mix(i, self._run(block, h, emb, text))
             skips.append(h)
-        h = self._run(self.mid, h, emb, text)                                            # (B, C·m, H/f, W/f)
-        for block in self.up:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, text)
+        h = mix(len(self.down), self._run(self.mid, h, emb, text))                       # (B, C·m, H/f, W/f)
+        for i, block in enumerate(self.up, len(self.down) + 1):
+            h = mix(i, self._run(block, torch.cat([h, skips.pop()], dim=1), emb, text))
         return self.out(F.silu(self.out_norm(h))).to(x.dtype)                            # (B, C_out, H, W)
 
     @staticmethod

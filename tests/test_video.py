@@ -1,0 +1,95 @@
+"""Video groundwork: the moving-sprites clips follow their physics, and the space-time U-Net starts as its image net
+per frame (inflation), mixes frames once trained, masks its temporal layers per clip, and trains."""
+
+import pytest
+import torch
+
+from undiffuse.data.moving_sprites import bounce, direction_words, moving_sprites
+from undiffuse.errors import UndiffuseError
+from undiffuse.nets.unet import UNet
+from undiffuse.nets.video_unet import VideoUNet, inflate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NET = dict(in_channels=1, image_size=16, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+           attention_resolutions=(8,), dropout=0.0, num_heads=2, groups=4, num_classes=3)
+
+
+def test_bounce_is_a_straight_line_folded_at_the_walls():
+    pos = bounce(torch.tensor([[1.0, 5.0]]), torch.tensor([[-1.0, 2.0]]), 6, limit=8.0)
+    assert pos[0, :, 0].tolist() == [1, 0, 1, 2, 3, 4]           # reflected at 0
+    assert pos[0, :, 1].tolist() == [5, 7, 7, 5, 3, 1]           # reflected at 8: 9 → 7, 11 → 5
+    assert direction_words(torch.tensor([[0.0, -2.0], [-1.0, 1.0], [2.0, 0.1]])) == ["left", "up and right", "down"]
+
+
+def test_moving_sprites_are_seeded_and_follow_their_positions():
+    a = moving_sprites(6, frames=5, size=32, sprite=16, seed=3)
+    b = moving_sprites(6, frames=5, size=32, sprite=16, seed=3)
+    assert torch.equal(a.clips, b.clips) and a.captions == b.captions
+    assert a.clips.shape == (6, 5, 1, 32, 32) and a.clips.dtype == torch.uint8 and a.positions.shape == (6, 5, 2)
+    assert all(c.startswith("a ") and " moving " in c for c in a.captions)
+    for i in range(6):
+        for f in range(5):  # the ink's bounding box sits inside the sprite box at the recorded position
+            ys, xs = torch.nonzero(a.clips[i, f, 0] > 30, as_tuple=True)
+            r, c = a.positions[i, f].round().long().tolist()
+            assert ys.min() >= r and ys.max() < r + 16 and xs.min() >= c and xs.max() < c + 16
+    with pytest.raises(UndiffuseError, match="sprite < size"):
+        moving_sprites(2, size=16, sprite=16)
+
+
+def test_inflated_video_net_is_the_image_net_per_frame():
+    torch.manual_seed(0)
+    image = UNet(**NET)
+    for p in image.parameters():  # random weights everywhere, the zero-initialised outputs too
+        torch.nn.init.normal_(p, std=0.05)
+    for kind in ("attention", "conv", "both"):
+        video = VideoUNet(frames=4, temporal=kind, **NET)
+        inflate(video, image.state_dict())
+        x, t, y = torch.randn(2, 4, 1, 16, 16), torch.tensor([10, 500]), torch.tensor([0, 2])
+        out = video(x, t, y)
+        per_frame = image(x.reshape(8, 1, 16, 16), t.repeat_interleave(4), y.repeat_interleave(4))
+        assert out.shape == (2, 4, 1, 16, 16)
+        torch.testing.assert_close(out.reshape(8, 1, 16, 16), per_frame, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_layers_mix_frames_and_the_mask_turns_them_off():
+    torch.manual_seed(1)
+    video = VideoUNet(frames=4, temporal="both", **NET)
+    for p in video.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    for p in video.temporal.parameters():  # strong temporal layers, so that frames visibly talk
+        torch.nn.init.normal_(p, std=0.5)
+    x, t = torch.randn(2, 4, 1, 16, 16), torch.tensor([100, 100])
+    base = video(x, t)
+    changed = x.clone()
+    changed[:, 0] += 1.0  # change the first frame only
+    after = video(changed, t)
+    scale = base.abs().mean()
+    assert (after[:, 3] - base[:, 3]).abs().max() > 0.01 * scale  # the last frame hears about the first
+    masked = video(changed, t, temporal_mask=torch.tensor([0.0, 1.0]))
+    alone = video.image(changed[0], t[:1].expand(4))
+    torch.testing.assert_close(masked[0], alone, rtol=1e-5, atol=1e-5)  # clip 0: per frame, as the image net
+    assert (masked[1] - after[1]).abs().max() < 1e-6                    # clip 1: unchanged
+    with pytest.raises(UndiffuseError, match="takes clips"):
+        video(torch.randn(2, 1, 16, 16), t)
+
+
+def test_a_tiny_video_net_learns_a_moving_square():
+    """Trained on a square moving right by 2 px a frame, its x̂₀ from a noisy clip moves right too."""
+    torch.manual_seed(0)
+    net = VideoUNet(frames=4, temporal="attention", **{**NET, "num_classes": 0})
+    clips = -torch.ones(16, 4, 1, 16, 16)
+    for i in range(16):
+        r = i % 10
+        for f in range(4):
+            clips[i, f, 0, r:r + 4, 2 * f + 2:2 * f + 6] = 1.0
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for step in range(60):
+        noise = torch.randn_like(clips) * 0.5
+        loss = (net(clips + noise, torch.full((16,), 250)) + noise - clips).pow(2).mean()  # predicts x0 - x
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
