@@ -93,3 +93,100 @@ def test_a_tiny_video_net_learns_a_moving_square():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+VIDEO_RECIPE = """
+name = "sprites"
+out_dir = "{run}"
+[data]
+name = "moving_sprites"
+image_size = 16
+channels = 1
+frames = 4
+clips = 64
+[model]
+channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [8]
+dropout = 0.0
+num_heads = 2
+groups = 4
+temporal = "both"
+[diffusion]
+parameterization = "v"
+[train]
+steps = 4
+batch_size = 8
+warmup = 2
+sample_every = 4
+checkpoint_every = 4
+log_every = 2
+[sample]
+sampler = "dpmpp_2m"
+steps = 3
+grid = "trailing"
+guidance = 2.0
+"""
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    tmp = tmp_path_factory.mktemp("video")
+    recipe = tmp / "sprites.toml"
+    recipe.write_text(VIDEO_RECIPE.format(run=tmp / "run"))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--no-progress"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return tmp / "run"
+
+
+def test_a_video_model_trains_and_samples_gif_mp4_and_strips(video_run, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    from undiffuse.images import read_params
+    from undiffuse.video_files import read_gif_params, read_mp4
+
+    assert (video_run / "samples" / "step_00000004.png").is_file()  # the preview: a strip per clip
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sample", str(video_run), "--class", "Sneaker", "--n", "2", "--seed", "3",
+                                      "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "sampled 2 videos" in result.output
+    name = "0001_seed4_Sneaker"
+    with Image.open(out / f"{name}.gif") as gif:
+        assert gif.n_frames == 4 and gif.size == (64, 64)
+    assert read_gif_params(out / f"{name}.gif")["seed"] == 4
+    frames, params = read_mp4(out / f"{name}.mp4")
+    assert len(frames) == 4 and frames[0].shape == (64, 64, 3) and params["class"] == "Sneaker"
+    assert read_params(out / f"{name}.png")["frames"] == 4
+    with Image.open(out / "grid.png") as grid:
+        assert grid.width > grid.height  # one strip of 4 frames per row
+
+
+def test_every_sampler_runs_on_a_video_model(video_run):
+    from undiffuse import samplers
+    from undiffuse.models import load_model
+    from undiffuse.sampling import SampleRequest, generate
+
+    model = load_model(video_run)
+    assert model.space.shape == (4, 1, 16, 16)
+    for name in samplers.names():
+        clips, _ = generate(model, SampleRequest(n=1, sampler=name, steps=2, grid="trailing", label=1),
+                            progress=False)
+        assert clips.shape == (1, 4, 1, 16, 16) and torch.isfinite(clips).all(), name
+
+
+def test_video_recipes_are_checked(tmp_path):
+    from undiffuse.config import load_config
+    recipe = tmp_path / "r.toml"
+    for old, new, says in (("frames = 4", "frames = 0", "data.frames > 0 goes with video"),
+                           ("frames = 4", "frames = 1", r"data.frames must be in \[2, 64\]"),
+                           ('temporal = "both"', 'temporal = "space"', "model.temporal must be")):
+        recipe.write_text(VIDEO_RECIPE.format(run=tmp_path / "run").replace(old, new))
+        with pytest.raises(UndiffuseError, match=says):
+            load_config(recipe)

@@ -177,7 +177,7 @@ def sample(
                         guidance=guidance, precision=resolve_precision(precision), sigma_min=sigma_min,
                         sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
     path, seconds = _draw(loaded, req, out, progress)
-    what = "sounds" if loaded.space.kind == "spectrogram" else "images"
+    what = {"spectrogram": "sounds", "video": "videos"}.get(loaded.space.kind, "images")
     typer.echo(f"sampled {n} {what} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
 
 

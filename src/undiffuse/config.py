@@ -27,12 +27,14 @@ SPACES = ("pixels", "latent", "spectrogram")
 
 CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")  # data sets with captions (text models)
 SOUND = ("spoken_digits", "audio_folder")  # data sets of clips (trained in a spectrogram space)
+VIDEO = ("moving_sprites",)                 # data sets of video clips (data.frames frames each)
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
-    #                                  tuxpaint (these four captioned) | spoken_digits | audio_folder (sound)
+    #                                  tuxpaint (these four captioned) | spoken_digits | audio_folder (sound) |
+    #                                  moving_sprites (video)
     path: str = ""                   # image folder (name = "folder") or sound folder (name = "audio_folder")
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
@@ -42,6 +44,8 @@ class DataConfig:
     conditional: bool = True         # train with class labels (or captions) when the data has them
     limit: int = 0                   # use only the first n images (0: all)
     text_length: int = 32            # tokens per caption for the text encoder (captioned data)
+    frames: int = 0                  # > 0: video: clips of this many frames (moving_sprites)
+    clips: int = 10_000              # moving_sprites: clips made (seeded by train.seed)
     recolour: int = 0                # captioned data: hue-rotated copies of each coloured image, captioned
     #                                  "a <colour> <name>" (data.recolour); every coloured image also gets that caption
 
@@ -60,6 +64,7 @@ class ModelConfig:
     dit_size: str = "S"                                 # DiT: a named depth × width × heads (nets.dit.DIT_SIZES)
     patch_size: int = 2                                 # DiT: pixels (or latent cells) per token side
     text_attention: str = "cross"                       # DiT text conditioning: cross (PixArt-α) | joint (SD3 MM-DiT)
+    temporal: str = "attention"                         # video U-Net: attention | conv | both across frames
     latent_channels: int = 4                            # autoencoder: channels of its latent (LDM uses 3-4)
 
 
@@ -186,9 +191,11 @@ class Config:
                   ("train.max_seconds", self.train.max_seconds >= 0, "≥ 0"),
                   ("space.kind", self.space.kind in SPACES, ", ".join(SPACES)),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
-                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", *CAPTIONED, *SOUND),
-                   "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji, tuxpaint, spoken_digits or "
-                   "audio_folder"),
+                  ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", *CAPTIONED, *SOUND,
+                                                   *VIDEO),
+                   "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji, tuxpaint, spoken_digits, "
+                   "audio_folder or moving_sprites"),
+                  ("model.temporal", self.model.temporal in ("attention", "conv", "both"), "attention, conv or both"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]"),
@@ -229,7 +236,25 @@ class Config:
         if self.data.name == "folder" and not self.data.path:
             raise UndiffuseError("data.path must name an image folder when data.name = 'folder'")
         self._check_sound()
+        self._check_video()
         return self
+
+    def _check_video(self) -> None:
+        """Video data needs frames, pixel space and a U-Net (the space-time one); only video has frames."""
+        video = self.data.name in VIDEO
+        if video != (self.data.frames > 0):
+            raise UndiffuseError(f"data.frames > 0 goes with video data ({', '.join(VIDEO)}) and only with it; got "
+                                 f"data.name = {self.data.name!r}, data.frames = {self.data.frames}")
+        if not video:
+            return
+        if not 2 <= self.data.frames <= 64 or self.data.clips < 1:
+            raise UndiffuseError(f"data.frames must be in [2, 64] and data.clips ≥ 1, got {self.data.frames} and "
+                                 f"{self.data.clips}")
+        if self.model.backbone != "unet" or self.space.kind != "pixels":
+            raise UndiffuseError(f"video trains the space-time U-Net (model.backbone = 'unet') in pixel space, got "
+                                 f"{self.model.backbone!r} in {self.space.kind!r}")
+        if self.data.channels != 1:
+            raise UndiffuseError("moving_sprites are grayscale: data.channels = 1")
 
     def _check_sound(self) -> None:
         """Sound data trains in a spectrogram space whose x is the (1, image_size, image_size) grid."""

@@ -29,6 +29,9 @@ def build_space(cfg: Config, tensors: dict[str, Tensor] | None = None, meta: dic
                 what: str = "the model") -> Space:
     """Where the model's diffusion runs: pixels, a sound's log-mel spectrogram, or the latents of the autoencoder the
     config names (or the one a trained latent model carries in ``tensors`` / ``meta``)."""
+    if cfg.space.kind == "pixels" and cfg.data.frames:
+        from .spaces.video import VideoSpace
+        return VideoSpace(cfg.data.frames, cfg.data.channels, cfg.data.image_size)
     if cfg.space.kind == "pixels":
         return PixelSpace((cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
     if cfg.space.kind == "spectrogram":
@@ -41,10 +44,10 @@ def build_space(cfg: Config, tensors: dict[str, Tensor] | None = None, meta: dic
 
 
 def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim: int = 0,
-              shape: tuple[int, int, int] | None = None) -> nn.Module:
+              shape: tuple[int, ...] | None = None) -> nn.Module:
     """The backbone F_θ; ``num_classes`` = 0 for an unconditional model, ``dim`` for vector data,
     ``context_dim`` for a text-conditioned net (the text encoder's width), ``shape`` (C, H, W) of the space
-    it runs in (default: the config's pixels)."""
+    it runs in (default: the config's pixels; (frames, C, H, W) for video: the space-time U-Net)."""
     m = cfg.model
     embedding = "fourier" if cfg.diffusion.parameterization == "edm" else "positional"
     if m.backbone == "mlp":
@@ -53,18 +56,23 @@ def build_net(cfg: Config, num_classes: int, dim: int | None = None, context_dim
                    num_classes=num_classes)
     if m.backbone == "autoencoder":
         return build_autoencoder(cfg)
-    channels, size, _ = shape or (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    shape = shape or (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    frames = shape[0] if len(shape) == 4 else 0
+    channels, size, _ = shape[-3:]
     if m.backbone == "dit":
         from .nets.dit import DiT, dit_size
         return DiT(in_channels=channels, image_size=size, patch_size=m.patch_size, **dit_size(m.dit_size),
                    dropout=m.dropout, num_classes=num_classes, context_dim=context_dim, noise_embedding=embedding,
                    text_attention=m.text_attention)
+    unet = dict(in_channels=channels, image_size=size, channels=m.channels, channel_mult=tuple(m.channel_mult),
+                num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
+                dropout=m.dropout, num_heads=m.num_heads, groups=m.groups, num_classes=num_classes,
+                noise_embedding=embedding, context_dim=context_dim)
+    if frames:
+        from .nets.video_unet import VideoUNet
+        return VideoUNet(frames=frames, temporal=m.temporal, temporal_heads=m.num_heads, **unet)
     from .nets.unet import UNet
-    return UNet(in_channels=channels, image_size=size, channels=m.channels,
-                channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
-                attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
-                num_heads=m.num_heads, groups=m.groups, num_classes=num_classes, noise_embedding=embedding,
-                context_dim=context_dim)
+    return UNet(**unet)
 
 
 def build_denoiser(cfg: Config, net: nn.Module) -> Denoiser:

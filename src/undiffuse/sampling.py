@@ -224,10 +224,29 @@ def write_sounds(model: LoadedModel, req: SampleRequest, waves: Tensor, labels: 
                     scale=2, column_labels=labels_row)
 
 
+def write_videos(model: LoadedModel, req: SampleRequest, clips: Tensor, labels: Tensor | None,
+                 out_dir: str | Path) -> Path:
+    """Per sample a looping GIF, an MP4 and a PNG strip of its frames, each carrying its parameters; grid.png with
+    one strip per row."""
+    from .video_files import write_gif, write_mp4
+
+    out, space = Path(out_dir), model.space
+    base = {**_output_params(model, req, labels), "frames": space.frames}
+    strips = space.picture(clips)
+    for clip, strip, (name, params) in zip(clips, strips, _each_output(model, req, labels, len(clips), base),
+                                           strict=True):
+        write_gif(out / f"{name}.gif", clip, params)
+        write_mp4(out / f"{name}.mp4", clip, params)
+        save_png(out / f"{name}.png", strip, params, scale=2)
+    _, _, grid_params = _grid_layout(model, req, labels, len(clips), base)
+    return save_png(out / "grid.png", make_grid(strips, nrow=1), grid_params, scale=2)
+
+
 def write_samples(model: LoadedModel, req: SampleRequest, samples: Tensor, labels: Tensor | None,
                   out_dir: str | Path) -> Path:
-    """What :func:`generate` returned, written as its kind is kept: PNGs of images, WAVs of sounds; the grid's path."""
-    write = write_sounds if model.space.kind == "spectrogram" else write_images
+    """What :func:`generate` returned, written as its kind is kept: PNGs of images, WAVs of sounds, GIFs and MP4s
+    of videos; the grid's path."""
+    write = {"spectrogram": write_sounds, "video": write_videos}.get(model.space.kind, write_images)
     return write(model, req, samples, labels, out_dir)
 
 

@@ -46,6 +46,10 @@ class ClipData:
         return len(self.clips)
 
     @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
     def frames(self) -> int:
         return int(self.clips.shape[1])
 

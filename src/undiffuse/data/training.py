@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..config import CAPTIONED, SOUND, Config, DataConfig
 from ..errors import UndiffuseError
-from .images import ImageData
+from .images import ImageData, to_float
 
 
 class TrainingData(Protocol):
@@ -68,6 +68,19 @@ class ImageTrainingData:
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         return self.data.batch(indices, flip=self.flip, generator=generator), self.data.labels[indices]
+
+
+@dataclass
+class ClipTrainingData(ImageTrainingData):
+    """Video clips (:class:`~undiffuse.data.moving_sprites.ClipData`) as float (B, F, C, H, W) in [-1, 1]; a flip
+    mirrors every frame of a clip (and so its motion) together."""
+
+    def batch(self, indices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = to_float(self.data.clips[indices])
+        if self.flip:
+            mirror = torch.rand(len(indices), generator=generator) < 0.5
+            x = torch.where(mirror[:, None, None, None, None], x.flip(-1), x)
+        return x, self.data.labels[indices]
 
 
 @dataclass
@@ -147,6 +160,11 @@ def load_training_data(cfg: Config) -> TrainingData:
     if d.name in CAPTIONED:
         captioned = load_captioned(d)
         return ImageTrainingData(ImageData(captioned.images, torch.full((len(captioned),), -1)), flip=d.flip)
+    if d.name == "moving_sprites":
+        from .moving_sprites import moving_sprites
+        clips = moving_sprites(d.clips, frames=d.frames, size=d.image_size, sprite=d.image_size // 2,
+                               seed=cfg.train.seed)
+        return ClipTrainingData(clips, flip=d.flip)
     if d.name in SOUND:  # clips as spectrogram images of the config's [space]
         from .sound import load_sound_images
         return ImageTrainingData(load_sound_images(cfg))
