@@ -190,3 +190,29 @@ def test_video_recipes_are_checked(tmp_path):
         recipe.write_text(VIDEO_RECIPE.format(run=tmp_path / "run").replace(old, new))
         with pytest.raises(UndiffuseError, match=says):
             load_config(recipe)
+
+
+def test_train_init_inflates_an_image_model(tmp_path):
+    """A video recipe with train.init naming an image model of the same [model] starts as that model per frame."""
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    from undiffuse.models import load_model
+    image_recipe = VIDEO_RECIPE.format(run=tmp_path / "image").replace('name = "moving_sprites"',
+                                                                        'name = "fashion_mnist"')
+    image_recipe = image_recipe.replace("frames = 4\n", "").replace("clips = 64\n", "")
+    (tmp_path / "image.toml").write_text(image_recipe)
+    video_recipe = VIDEO_RECIPE.format(run=tmp_path / "video").replace("[train]\n",
+                                                                       f"[train]\ninit = '{tmp_path / 'image'}'\n")
+    (tmp_path / "video.toml").write_text(video_recipe.replace("warmup = 2", "warmup = 2\nlr = 1e-12\nema_decay = 0.0"))
+    runner = CliRunner()
+    for name in ("image", "video"):
+        result = runner.invoke(app, ["train", str(tmp_path / f"{name}.toml"), "--no-progress", "--set",
+                                     "train.sample_every=0"])
+        assert result.exit_code == 0, result.output + str(result.exception)
+    image, video = load_model(tmp_path / "image"), load_model(tmp_path / "video")
+    x, t = torch.randn(1, 4, 1, 16, 16), torch.tensor([300])
+    with torch.no_grad():
+        per_frame = image.denoiser.net(x[0], t.expand(4), torch.full((4,), 2))
+        clip = video.denoiser.net(x, t, torch.tensor([2]))
+    torch.testing.assert_close(clip[0], per_frame, rtol=1e-4, atol=1e-4)

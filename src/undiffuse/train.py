@@ -344,13 +344,23 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         if "config" not in meta:
             raise UndiffuseError(f"train.init: {path} carries no config; give a run folder or a model file")
-        theirs, ours = to_dict(config_from_json(json.dumps(meta["config"])))["model"], to_dict(self.cfg)["model"]
+        their_cfg = config_from_json(json.dumps(meta["config"]))
+        theirs, ours = to_dict(their_cfg)["model"], to_dict(self.cfg)["model"]
         theirs["dropout"] = ours["dropout"]  # a training setting, not the architecture
+        inflating = self.cfg.data.frames > 0 and not their_cfg.data.frames  # an image model into a video net
+        if inflating:
+            theirs["temporal"] = ours["temporal"]  # the image net has no temporal layers to match
         if theirs != ours:
             differ = sorted(k for k in theirs if theirs[k] != ours.get(k))
             raise UndiffuseError(f"train.init: {source} has another network (model.{', model.'.join(differ)} "
                                  "differ); fine-tuning needs the same [model] section")
-        load_module_state(self.net, group(tensors, "ema") or group(tensors, "model"), what=f"train.init {source}")
+        weights = group(tensors, "ema") or group(tensors, "model")
+        if inflating:  # the image layers from the image model, the temporal ones zero: the image model per frame
+            from .nets.video_unet import inflate
+            inflate(self.net, weights)
+            log.info("inflated the image model %s into the video net", path)
+            return
+        load_module_state(self.net, weights, what=f"train.init {source}")
         log.info("initialised from %s", path)
 
     def _restore(self, path: Path) -> None:
