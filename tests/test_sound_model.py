@@ -163,3 +163,14 @@ def test_sound_denoise_and_inpaint_from_files(tone_run, tmp_path):
     result = runner.invoke(app, ["inpaint", str(tmp_path / "clip.wav"), "--model", str(tone_run), "--gap", "0.3:0.5",
                                  "--out", str(out)])
     assert result.exit_code != 0 and "ends after the clip" in str(result.exception)
+
+
+def test_guidance_without_label_dropout_is_refused(tmp_path):
+    """A conditional recipe must train its 'no class' token if it samples with guidance (a run without it draws
+    noise at guidance 0 and worse images at every guidance above 1)."""
+    config = sound_config(tmp_path, tmp_path)
+    config.write_text(config.read_text().replace("warmup = 2", "warmup = 2\nlabel_dropout = 0.0"))
+    with pytest.raises(UndiffuseError, match="'no class' token untrained"):
+        load_config(config)
+    config.write_text(config.read_text().replace("guidance = 2.0", "guidance = 1.0"))
+    assert load_config(config).train.label_dropout == 0.0

@@ -237,6 +237,11 @@ class Config:
             raise UndiffuseError("data.path must name an image folder when data.name = 'folder'")
         self._check_sound()
         self._check_video()
+        guided = self.data.conditional and self.data.name != "toy" and self.model.backbone != "autoencoder"
+        if guided and not self.distill.teacher and self.train.label_dropout == 0 and self.sample.guidance != 1:
+            raise UndiffuseError(f"train.label_dropout = 0 leaves the 'no class' token untrained, so sample.guidance "
+                                 f"= {self.sample.guidance} would guide against noise: set train.label_dropout > 0 "
+                                 "(0.1 is usual) or sample.guidance = 1")
         return self
 
     def _check_video(self) -> None:
