@@ -28,7 +28,11 @@ from undiffuse.model_files import PRETRAINED_DIR
 
 DATA = {"fashion_mnist": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence), Debian's dataset-fashion-mnist",
         "emoji": emoji.ATTRIBUTION, "tuxpaint": tuxpaint.ATTRIBUTION, "openmoji": openmoji.ATTRIBUTION,
-        "emoji+openmoji": f"{emoji.ATTRIBUTION}; {openmoji.ATTRIBUTION}"}
+        "emoji+openmoji": f"{emoji.ATTRIBUTION}; {openmoji.ATTRIBUTION}",
+        "spoken_digits": "undiffuse.data.spoken_digits: speech synthesised offline with espeak-ng "
+                         "voices and Piper's en_US-joe-medium voice",
+        "moving_sprites": "undiffuse.data.moving_sprites: Fashion-MNIST garments (Xiao, Rasul & Vollgraf 2017, MIT "
+                          "licence) moving on a canvas"}
 
 
 def cpu_name() -> str:
