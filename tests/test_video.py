@@ -216,3 +216,29 @@ def test_train_init_inflates_an_image_model(tmp_path):
         per_frame = image.denoiser.net(x[0], t.expand(4), torch.full((4,), 2))
         clip = video.denoiser.net(x, t, torch.tensor([2]))
     torch.testing.assert_close(clip[0], per_frame, rtol=1e-4, atol=1e-4)
+
+
+def test_the_studio_shows_a_video_model_as_clips(video_run, tmp_path):
+    """A video model's studio job writes GIF, MP4 and PNG strip per clip; the history serves them with their types."""
+    pytest.importorskip("starlette")
+    import http.client
+    from urllib.parse import urlsplit
+
+    from undiffuse.studio.client import StudioClient
+    from undiffuse.studio.server import BackgroundStudio
+
+    with BackgroundStudio(video_run.parent, tmp_path) as server:
+        c = StudioClient(server.url)
+        entry = {m["id"]: m for m in c.get("/api/models")["models"]}["run:run"]
+        assert entry["frames"] == 4 and entry["tasks"] == ["generate"]
+        done = c.wait(c.submit(model="run:run", steps=2, n=2, seed=1, **{"class": "Bag"})["id"], timeout=300)
+        assert done["state"] == "done", done
+        urls = done["result"]["urls"]
+        assert len(urls["videos"]) == 2 and all(u.endswith(".gif") for u in urls["videos"])
+        parts = urlsplit(server.url)
+        for url, kind in ((urls["videos"][0], "image/gif"), (urls["videos"][0][:-4] + ".mp4", "video/mp4")):
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            conn.request("GET", url)
+            res = conn.getresponse()
+            assert res.status == 200 and res.getheader("content-type").startswith(kind) and len(res.read()) > 100
+            conn.close()

@@ -40,6 +40,7 @@ from .spec import GRIDS, TASKS, parse_job
 from .uploads import decode_bytes, open_image
 
 log = logging.getLogger("undiffuse.studio")
+MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".gif": "image/gif", ".mp4": "video/mp4"}
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 EVENT_POLL = 0.2       # seconds between looks at the queue's version, per open event stream
@@ -217,7 +218,7 @@ class Studio:
     async def history_file(self, request: Request) -> Response:
         p = request.path_params
         path = await run_in_threadpool(self.history.file, p["job"], p["name"])
-        return FileResponse(path, media_type="audio/wav" if path.suffix == ".wav" else "image/png")
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
 
     def _recall(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or "image" not in body:

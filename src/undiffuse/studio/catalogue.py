@@ -46,8 +46,8 @@ class ModelEntry:
 
     def tasks(self) -> list[str]:
         """The tasks this model can run in the studio."""
-        if self.config.space.kind == "spectrogram":
-            return ["generate"]  # sound tasks take a clip: `undiffuse denoise` / `inpaint` on the command line
+        if self.config.space.kind == "spectrogram" or self.config.data.frames:
+            return ["generate"]  # sound tasks take a clip (`undiffuse denoise` / `inpaint`); video has none yet
         size = self.config.data.image_size
         tasks = ["generate", "inpaint", "edit"]
         if size % 2 == 0:
@@ -61,6 +61,7 @@ class ModelEntry:
         s, d = self.config.sample, self.config.data
         return {"id": self.id, "kind": self.kind, "name": self.config.name, "classes": self.class_names,
                 "text": self.text, "space": self.config.space.kind, "sound": self.config.space.kind == "spectrogram",
+                "frames": self.config.data.frames,
                 "image_size": d.image_size,
                 "channels": d.channels, "backbone": self.config.model.backbone,
                 "parameterization": self.config.diffusion.parameterization, "step": self.step,

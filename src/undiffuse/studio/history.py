@@ -17,7 +17,7 @@ from typing import Any
 from .limits import ApiError
 
 ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-[0-9a-f]{6}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.(png|wav)$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.(png|wav|gif|mp4)$")
 GRIDS = ("grid.png", "spectrograms.png")  # the picture of all samples: of images, of sounds
 ALL_SOUNDS = "all.wav"
 RECORD = "record.json"
@@ -70,7 +70,8 @@ class History:
         folder = self.folder(job_id)
         images = sorted(p.name for p in folder.glob("*.png") if p.name not in INPUTS and p.name not in GRIDS)
         sounds = sorted(p.name for p in folder.glob("*.wav") if p.name != ALL_SOUNDS)
-        record = {**record, "id": job_id, "images": images, "sounds": sounds,
+        videos = sorted(p.name for p in folder.glob("*.gif"))  # a video model's clips (an MP4 beside each)
+        record = {**record, "id": job_id, "images": images, "sounds": sounds, "videos": videos,
                   "all_sounds": ALL_SOUNDS if (folder / ALL_SOUNDS).is_file() else None,
                   "grid": next((g for g in GRIDS if (folder / g).is_file()), None),
                   "inputs": [n for n in INPUTS if (folder / n).is_file()]}
@@ -85,6 +86,7 @@ class History:
         return {**record, "urls": {"grid": base + record["grid"] if record.get("grid") else None,
                                    "images": [base + n for n in record.get("images", [])],
                                    "sounds": [base + n for n in record.get("sounds", [])],
+                                   "videos": [base + n for n in record.get("videos", [])],
                                    "all_sounds": base + record["all_sounds"] if record.get("all_sounds") else None,
                                    "inputs": {n.removesuffix(".png"): base + n for n in record.get("inputs", [])}}}
 

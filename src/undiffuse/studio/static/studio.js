@@ -458,13 +458,16 @@ function poll() {
   S.pollTimer = setInterval(async () => { try { onJobs(await api("GET", "/api/jobs")); } catch (e) { /* retry */ } }, 1000);
 }
 
-// A sound model's result: a player per clip (its name says seed and class), and one of all of them in a row.
+// A sound model's result: a player per clip (its name says seed and class), and one of all of them in a row; a video
+// model's: each clip as a looping GIF that opens its MP4.
 function players(r) {
   const sounds = r.urls.sounds || [];
   const one = (u, label) => el("figure", { class: "sound" }, el("audio", { controls: "", preload: "metadata", src: u }),
     el("figcaption", { text: label }));
+  const clip = (u) => el("figure", { class: "clip" }, el("a", { href: u.replace(/\.gif$/, ".mp4"), target: "_blank" },
+    el("img", { src: u, alt: u.split("/").pop() })), el("figcaption", { text: u.split("/").pop().replace(/\.gif$/, "") }));
   return [...(r.urls.all_sounds ? [one(r.urls.all_sounds, "all, in a row")] : []),
-    ...sounds.map((u) => one(u, u.split("/").pop().replace(/\.wav$/, "")))];
+    ...sounds.map((u) => one(u, u.split("/").pop().replace(/\.wav$/, ""))), ...(r.urls.videos || []).map(clip)];
 }
 
 // ------------------------------------------------------------------ history
