@@ -142,14 +142,6 @@ def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
     return write_samples(loaded, req, samples, labels, out), time.perf_counter() - t0
 
 
-def _card_defaults(loaded, sampler: str | None, steps: int | None, grid: str | None,
-                   guidance: float | None) -> tuple[str, int, str, float]:
-    """The options left out, from the model card's [sample] section (the settings it was measured with)."""
-    card = loaded.config.sample
-    return (sampler or card.sampler, card.steps if steps is None else steps, grid or card.grid,
-            card.guidance if guidance is None else guidance)
-
-
 @app.command()
 def sample(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
@@ -168,11 +160,11 @@ def sample(
     a PNG grid of their spectrograms), each file carrying its parameters."""
     from .models import load_model
     from .nets.cpu import resolve_precision
-    from .sampling import SampleRequest, parse_class
+    from .sampling import SampleRequest, card_defaults, parse_class
 
     guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
-    sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
+    sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, label=parse_class(loaded, class_),
                         guidance=guidance, precision=resolve_precision(precision), sigma_min=sigma_min,
                         sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
@@ -196,13 +188,13 @@ def generate(
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
     from .models import load_model
     from .nets.cpu import resolve_precision
-    from .sampling import SampleRequest
+    from .sampling import SampleRequest, card_defaults
 
     guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
     loaded = load_model(model)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
-    sampler, steps, grid, guidance = _card_defaults(loaded, sampler, steps, grid, guidance)
+    sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
     req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
                         precision=resolve_precision(precision), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                         clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
@@ -233,14 +225,6 @@ def _load_input(path: Path, loaded, size: int | None = None):
     return load_image_tensor(path, size or loaded.config.data.image_size, loaded.config.data.channels)
 
 
-def _save_task(loaded, req, images, out: Path, extra: dict) -> Path:
-    from .images import make_grid, save_png
-    params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}
-    for i, img in enumerate(images):
-        save_png(out / f"{i:04d}_seed{req.seed + i}.png", img, {**params, "seed": req.seed + i})
-    return save_png(out / "grid.png", make_grid(images), params, scale=2)
-
-
 @app.command()
 def inpaint(
     image: Annotated[Path, typer.Argument(help="The image (converted to the model's size and channels), or a sound "
@@ -260,6 +244,7 @@ def inpaint(
     exact, the border of the hole is the decoder's. In a sound model the spectrogram frames outside the gap are
     held, and the wave outside the gap is the input's."""
     from .tasks import inpaint as run_inpaint
+    from .sampling import write_task_images
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
                               guidance=guidance)
@@ -279,7 +264,7 @@ def inpaint(
     if not 0 < float(hole.mean()) < 1:
         raise UndiffuseError(f"the mask {mask} must have both white (fill) and black (keep) pixels")
     result = run_inpaint(loaded, img, hole, req, resample=resample)
-    path = _save_task(loaded, req, result, out, {"task": "inpaint", "image": str(image), "resample": resample})
+    path = write_task_images(loaded, req, result, out, {"task": "inpaint", "image": str(image), "resample": resample})
     typer.echo(f"inpainted {n} versions: {path}")
 
 
@@ -298,6 +283,7 @@ def upscale(
     The projection acts on pixels: in a latent model every estimate is decoded, projected and encoded again
     (one decode and encode per step), and the final image is projected once more."""
     from .tasks import upscale as run_upscale
+    from .sampling import write_task_images
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
                               guidance=guidance)
@@ -306,7 +292,7 @@ def upscale(
         raise UndiffuseError(f"--factor must be 2 or 4 and divide the model's size {size}, got {factor}")
     low = _load_input(image, loaded, size // factor)
     result = run_upscale(loaded, low, factor, req, strength=strength)
-    path = _save_task(loaded, req, result, out, {"task": "upscale", "image": str(image), "factor": factor})
+    path = write_task_images(loaded, req, result, out, {"task": "upscale", "image": str(image), "factor": factor})
     typer.echo(f"upscaled ×{factor} ({size // factor} → {size} px), {n} versions: {path}")
 
 
@@ -320,11 +306,12 @@ def edit(
 ) -> None:
     """Image-to-image (SDEdit): noise IMAGE to STRENGTH and denoise it, towards --class or --prompt."""
     from .tasks import edit as run_edit
+    from .sampling import write_task_images
 
     loaded, req = _task_setup(model, class_, prompt, n=n, seed=seed, sampler=sampler, steps=steps,
                               guidance=guidance)
     result = run_edit(loaded, _load_input(image, loaded), req, strength=strength)
-    path = _save_task(loaded, req, result, out, {"task": "edit", "image": str(image), "strength": strength})
+    path = write_task_images(loaded, req, result, out, {"task": "edit", "image": str(image), "strength": strength})
     typer.echo(f"edited {n} versions at strength {strength}: {path}")
 
 
@@ -346,6 +333,7 @@ def denoise(
     recording; σ is the estimated distance of its spectrogram from a clean one, and the reverse process starts from
     it noised to σ."""
     from .tasks import denoise as run_denoise
+    from .sampling import write_task_images
 
     loaded, req = _task_setup(model, class_, prompt, n=1, seed=seed, sampler=sampler, steps=steps, guidance=1.0)
     if loaded.space.kind == "spectrogram":
@@ -355,7 +343,8 @@ def denoise(
     if clean is not None:
         raise UndiffuseError("--clean is for sound models")
     result, used = run_denoise(loaded, _load_input(image, loaded), req, sigma=sigma)
-    path = _save_task(loaded, req, result, out, {"task": "denoise", "image": str(image), "sigma": round(used, 4)})
+    path = write_task_images(loaded, req, result, out, {"task": "denoise", "image": str(image),
+                                                        "sigma": round(used, 4)})
     typer.echo(f"denoised at σ = {used:.3f} ({'given' if sigma is not None else 'estimated'}): {path}")
 
 

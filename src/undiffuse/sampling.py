@@ -250,5 +250,21 @@ def write_samples(model: LoadedModel, req: SampleRequest, samples: Tensor, label
     return write(model, req, samples, labels, out_dir)
 
 
+def card_defaults(loaded: LoadedModel, sampler: str | None, steps: int | None, grid: str | None,
+                  guidance: float | None) -> tuple[str, int, str, float]:
+    """The options left out, from the model card's [sample] section (the settings it was measured with)."""
+    card = loaded.config.sample
+    return (sampler or card.sampler, card.steps if steps is None else steps, grid or card.grid,
+            card.guidance if guidance is None else guidance)
+
+
+def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:
+    """One PNG per result of an image task and their grid, each carrying the task's parameters."""
+    params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}
+    for i, img in enumerate(images):
+        save_png(out / f"{i:04d}_seed{req.seed + i}.png", img, {**params, "seed": req.seed + i})
+    return save_png(out / "grid.png", make_grid(images), params, scale=2)
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from .. import tasks
-from ..cli import _save_task
+from ..sampling import write_task_images
 from ..data.folder import load_image_tensor
 from ..errors import UndiffuseError
 from ..images import make_grid, to_uint8
@@ -130,4 +130,4 @@ def _run_task(job: Job, loaded: LoadedModel, folder: Path, changed: Callable[[],
         if s.get(key) not in (None, ""):
             extra[key] = s[key]
     if torch.is_tensor(result):
-        _save_task(loaded, req, result, folder, extra)
+        write_task_images(loaded, req, result, folder, extra)

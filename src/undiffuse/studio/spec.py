@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import samplers
-from ..cli import _card_defaults
+from ..sampling import card_defaults
 from ..errors import UndiffuseError
 from ..guidance import parse_interval
 from ..models import config_sigmas
@@ -129,7 +129,7 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     if label is None and task != "generate" and entry.num_classes:
         label = -1  # as the CLI's tasks: no class is the model's unconditional half
     # the fields left out come from the model card's [sample] section, as in `undiffuse sample`
-    sampler, steps, grid, guidance = _card_defaults(
+    sampler, steps, grid, guidance = card_defaults(
         entry, body.get("sampler") or None, _number(body, "steps", int, 1, MAX_STEPS, None),
         _choice(body, "grid", GRIDS, "") or None, _number(body, "guidance", float, -100, 100, None))
     samplers.info(sampler)  # an unknown name: its own message, naming the known ones
