@@ -49,11 +49,10 @@ def _grid_from(model: LoadedModel, sigma_start: float, steps: int) -> Tensor:
     return sigmas_karras(steps, lo, max(sigma_start, lo * 1.001))
 
 
-def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
-         wrap=lambda d: d, callback: Callback | None = None) -> Tensor:
-    """Draw req.n samples: from noise over the model's grid (start None) or from ``start`` + σ_start ε.
-    ``start`` is in the model's space (latents for a latent model); the result is decoded to images.
-    ``callback(i, σ, x, x0_hat)`` is the sampler's, at every step."""
+def _sample(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
+            wrap=lambda d: d, callback: Callback | None = None) -> Tensor:
+    """Draw req.n samples in the model's space: from noise over the model's grid (start None) or from ``start`` +
+    σ_start ε over a grid down from σ_start. ``callback(i, σ, x, x0_hat)`` is the sampler's, at every step."""
     denoiser, labels, text = guided_denoiser(model, req)
     denoiser = wrap(denoiser)
     sigmas = request_sigmas(model, req) if sigma_start is None else _grid_from(model, sigma_start, req.steps)
@@ -61,8 +60,14 @@ def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_sta
     gens = samplers.make_generators([req.seed + i for i in range(req.n)])
     noise = samplers.randn(shape, gens)
     x = noise * float(sigmas[0]) if start is None else start.expand(shape) + float(sigmas[0]) * noise
-    return model.space.decode(samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)),
-                                                        generator=gens, callback=callback))
+    return samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)), generator=gens,
+                                     callback=callback)
+
+
+def _run(model: LoadedModel, req: SampleRequest, start: Tensor | None, sigma_start: float | None,
+         wrap=lambda d: d, callback: Callback | None = None) -> Tensor:
+    """:func:`_sample` decoded: ``start`` is in the model's space (latents for a latent model), the result images."""
+    return model.space.decode(_sample(model, req, start, sigma_start, wrap, callback))
 
 
 Callback = Callable[[int, float, Tensor, Tensor], object]  # the samplers' callback(i, σ, x, x0_hat)

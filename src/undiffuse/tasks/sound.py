@@ -19,13 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import samplers
 from ..errors import UndiffuseError
 from ..models import LoadedModel
-from ..sampling import SampleRequest, cond_for, guided_denoiser
+from ..sampling import SampleRequest
 from ..spaces.spectrogram import SpectrogramSpace, log_spectral_distance
 from .consistency import InpaintDenoiser
-from .run import Callback, _grid_from
+from .run import Callback, _sample
 
 NOISE_PERCENTILE = 0.2  # the quiet part of each band that the noise floor is read from
 FADE_S = 0.010          # cross-fade at each edge of a filled gap
@@ -78,13 +77,7 @@ def denoise_sound(model: LoadedModel, wave: Tensor, req: SampleRequest, sigma: f
     sigma = estimate_sound_sigma(space, wave) if sigma is None else float(sigma)
     if not sigma > 0:
         raise UndiffuseError(f"the noise level must be positive, got {sigma} (is the clip already clean?)")
-    sigmas = _grid_from(model, sigma, req.steps)
-    denoiser, labels, text = guided_denoiser(model, req)
-    gens = samplers.make_generators([req.seed + i for i in range(req.n)])
-    x = space.encode(wave).expand(req.n, *space.shape)
-    x = x + float(sigmas[0]) * samplers.randn(x.shape, gens)
-    out = samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)), generator=gens,
-                                    callback=callback)
+    out = _sample(model, req, space.encode(wave), sigma, callback=callback)
     return space.decode(out, phase_from=wave.expand(req.n, -1)), sigma
 
 
@@ -120,13 +113,8 @@ def inpaint_sound(model: LoadedModel, wave: Tensor, start_s: float, end_s: float
     unknown = gap_frames(space, start_s, end_s)
     known = (~unknown).float().reshape(1, 1, 1, -1).expand(1, *space.shape)
     g = torch.Generator().manual_seed(req.seed + 1_000_003)
-    denoiser, labels, text = guided_denoiser(model, req)
-    denoiser = InpaintDenoiser(denoiser, space.encode(wave), known, resample, g)
-    sigmas = model.sigmas(req.steps, req.grid, req.sigma_min, req.sigma_max, req.rho)
-    gens = samplers.make_generators([req.seed + i for i in range(req.n)])
-    x = samplers.randn((req.n, *space.shape), gens) * float(sigmas[0])
-    out = samplers.get(req.sampler)(denoiser, x, sigmas, cond=cond_for(labels, text, range(req.n)), generator=gens,
-                                    callback=callback)
+    out = _sample(model, req, None, None, lambda d: InpaintDenoiser(d, space.encode(wave), known, resample, g),
+                  callback)
     start, end = round(start_s * space.rate), round(end_s * space.rate)
     gapped = wave.clone()
     gapped[:, start:end] = 0
