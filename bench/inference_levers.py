@@ -532,7 +532,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=["nfe", "sample", "compile", "process", "quality",
                                         "compile-worker", "process-worker"])
-    ap.add_argument("--model", nargs="+", default=["fashion-mnist", "emoji"])
+    ap.add_argument("--model", nargs="+", default=["fashion-mnist", "emoji-dit"])
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 8], help="sample batch (CFG doubles it)")
     ap.add_argument("--n", type=int, nargs="+", default=[100], help="sample: images per call; quality: samples")
     ap.add_argument("--rounds", type=int, default=7)

@@ -43,7 +43,7 @@ FREE = ["a smiling yellow face with sunglasses", "a green tree", "a red heart", 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="emoji")
+    ap.add_argument("--model", default="emoji-dit")
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--steps", type=int, default=20)

@@ -120,3 +120,49 @@ def tone_run(tmp_path_factory):
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output + str(result.exception)
     return tmp_path / "run"
+
+
+VIDEO_RECIPE = """
+name = "sprites"
+out_dir = "{run}"
+[data]
+name = "moving_sprites"
+image_size = 16
+channels = 1
+frames = 4
+clips = 64
+[model]
+channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [8]
+dropout = 0.0
+num_heads = 2
+groups = 4
+temporal = "both"
+[diffusion]
+parameterization = "v"
+[train]
+steps = 4
+batch_size = 8
+warmup = 2
+sample_every = 4
+checkpoint_every = 4
+log_every = 2
+[sample]
+sampler = "dpmpp_2m"
+steps = 3
+grid = "trailing"
+guidance = 2.0
+"""
+
+
+@pytest.fixture(scope="session")
+def video_run(tmp_path_factory):
+    """A tiny class-conditional moving-sprites model (4 frames of 16×16) trained for 4 steps."""
+    tmp = tmp_path_factory.mktemp("video")
+    recipe = tmp / "sprites.toml"
+    recipe.write_text(VIDEO_RECIPE.format(run=tmp / "run"))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--no-progress"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return tmp / "run"

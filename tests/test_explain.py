@@ -20,12 +20,12 @@ from undiffuse.explain.physics import image_to_points
 from undiffuse.process import DiscreteSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance", "sound"]
+SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance", "sound", "video"]
 pytest.importorskip("sklearn")
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, tone_run):
+def page(tmp_path_factory, tone_run, video_run):
     tmp = tmp_path_factory.mktemp("explain")
     run = tmp / "run"
     result = CliRunner().invoke(app, ["train", str(ROOT / "configs" / "digits-smoke.toml"), "--no-progress",
@@ -33,13 +33,13 @@ def page(tmp_path_factory, tone_run):
                                       "--set", "diffusion.parameterization='v'"])  # v: bounded x̂₀ at σ_max
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["explain", str(run), "--out", str(tmp / "page"), "--physics-seconds", "2",
-                                      "--sound", str(tone_run), "--no-progress"])
+                                      "--sound", str(tone_run), "--video", str(video_run), "--no-progress"])
     assert result.exit_code == 0, result.output
     return tmp / "page" / "index.html"
 
 
 def referenced_files(html: str) -> list[str]:
-    files = re.findall(r'<img src="([^"]+)"', html)
+    files = re.findall(r'<img[^>]* src="([^"]+)"', html)
     for frames in re.findall(r"data-frames='([^']+)'", html):
         files += json.loads(frames.replace("&quot;", '"'))
     return files
@@ -57,6 +57,10 @@ def test_page_has_every_section_and_every_picture_decodes(page):
             assert im.width > 0 and im.height > 0
     with Image.open(page.parent / "reverse.gif") as gif:
         assert gif.n_frames > 10
+    for name in ("video-clip.gif", "video-noised.gif", "video-sample.gif"):   # the video section's clips
+        assert name in files
+        with Image.open(page.parent / name) as gif:
+            assert gif.n_frames == 4
     sounds = re.findall(r'<audio controls preload="auto" src="([^"]+)"', html)
     assert len(sounds) >= 8 and "sound-clip.wav" in sounds and "sound-sample.wav" in sounds
     for name in sounds:
@@ -77,6 +81,8 @@ def test_page_numbers_are_computed(page):
         assert row["var"] == pytest.approx(row["expected_var"], rel=0.06)
         assert f"{row['var']:.4f}" in html
     assert abs(numbers["two_pixels"]["noise"]["neighbour_correlation"]) < 0.05
+    assert numbers["video"]["frames"] == 4 and numbers["video"]["reverse_steps"] == 3
+    assert numbers["video"]["clip"].startswith("a real clip: a ")          # a moving-sprites test clip
 
 
 def test_two_pixel_variance_matches_one_minus_alpha_bar():

@@ -113,12 +113,12 @@ def test_generate_preview_history_and_use_again(studio):
 
 def test_text_model_takes_a_prompt(studio):
     c = studio.client
-    job = c.wait(c.submit(model="emoji", prompt="a red heart", steps=2, n=1, seed=3)["id"])
+    job = c.wait(c.submit(model="emoji-dit", prompt="a red heart", steps=2, n=1, seed=3)["id"])
     assert job["state"] == "done", job["error"]
     data = c.file(job["result"]["urls"]["images"][0])
     assert json.loads(Image.open(io.BytesIO(data)).text["undiffuse"])["prompt"] == "a red heart"
     recalled = c.request("POST", "/api/recall", {"image": data_url(data)})["settings"]
-    assert recalled["model"] == "emoji" and recalled["prompt"] == "a red heart" and recalled["seed"] == 3
+    assert recalled["model"] == "emoji-dit" and recalled["prompt"] == "a red heart" and recalled["seed"] == 3
 
 
 def test_image_tasks(studio):

@@ -125,11 +125,22 @@ def test_existing_run_needs_resume_and_resume_checks_config(tmp_path):
     train(digits_config(tmp_path / "r", "train.steps=6"), progress=False)
     with pytest.raises(UndiffuseError, match="already holds a run; pass --resume"):
         Trainer(digits_config(tmp_path / "r"))
-    with pytest.raises(UndiffuseError, match=r"the \[model\] section differs"):
+    with pytest.raises(UndiffuseError, match=r"the \[model\] section differs .*\(model\.channels\)"):
         Trainer(digits_config(tmp_path / "r", "model.channels=64"), resume=True)
     shutil.rmtree(tmp_path / "r" / "checkpoints")
     with pytest.raises(UndiffuseError, match="nothing to resume"):
         Trainer(digits_config(tmp_path / "r"), resume=True)
+
+
+def test_resume_of_a_checkpoint_written_before_a_config_key_existed(tmp_path):
+    """A key added to the config since the checkpoint was written takes its default: the run still resumes."""
+    train(digits_config(tmp_path / "r", "train.steps=6"), progress=False)
+    latest = tmp_path / "r" / "checkpoints" / "latest.safetensors"
+    tensors, meta = load_checkpoint(latest)
+    del meta["config"]["data"]["stride"]          # as written before data.stride existed
+    save_checkpoint(latest, tensors, meta)
+    trainer = Trainer(digits_config(tmp_path / "r"), resume=True)
+    assert trainer.step == 6
 
 
 def test_image_folder_with_broken_files_trains_and_names_them(tmp_path):

@@ -9,6 +9,8 @@ from undiffuse.errors import UndiffuseError
 from undiffuse.nets.unet import UNet
 from undiffuse.nets.video_unet import VideoUNet, inflate
 
+from conftest import VIDEO_RECIPE
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NET = dict(in_channels=1, image_size=16, channels=8, channel_mult=(1, 2), num_res_blocks=1,
@@ -93,54 +95,6 @@ def test_a_tiny_video_net_learns_a_moving_square():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
-
-
-VIDEO_RECIPE = """
-name = "sprites"
-out_dir = "{run}"
-[data]
-name = "moving_sprites"
-image_size = 16
-channels = 1
-frames = 4
-clips = 64
-[model]
-channels = 8
-channel_mult = [1, 2]
-num_res_blocks = 1
-attention_resolutions = [8]
-dropout = 0.0
-num_heads = 2
-groups = 4
-temporal = "both"
-[diffusion]
-parameterization = "v"
-[train]
-steps = 4
-batch_size = 8
-warmup = 2
-sample_every = 4
-checkpoint_every = 4
-log_every = 2
-[sample]
-sampler = "dpmpp_2m"
-steps = 3
-grid = "trailing"
-guidance = 2.0
-"""
-
-
-@pytest.fixture(scope="module")
-def video_run(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from undiffuse.cli import app
-    tmp = tmp_path_factory.mktemp("video")
-    recipe = tmp / "sprites.toml"
-    recipe.write_text(VIDEO_RECIPE.format(run=tmp / "run"))
-    result = CliRunner().invoke(app, ["train", str(recipe), "--no-progress"])
-    assert result.exit_code == 0, result.output + str(result.exception)
-    return tmp / "run"
 
 
 def test_a_video_model_trains_and_samples_gif_mp4_and_strips(video_run, tmp_path):
@@ -242,3 +196,50 @@ def test_the_studio_shows_a_video_model_as_clips(video_run, tmp_path):
             res = conn.getresponse()
             assert res.status == 200 and res.getheader("content-type").startswith(kind) and len(res.read()) > 100
             conn.close()
+
+
+def test_evaluate_scores_a_video_model_against_real_clips(video_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", str(video_run), "--n", "6", "--steps", "2", "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "per-axis speed change" in result.output and "FVD: not measured" in result.output
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["n"] == 6 and 0 <= saved["generated"]["frame_accuracy"] <= 1
+    assert saved["real"]["speed"] > 0.5 and saved["frame_fd_floor"] >= 0
+    two = CliRunner().invoke(app, ["evaluate", str(video_run), "--steps", "2,4", "--no-progress"])
+    assert two.exit_code != 0 and "one setting" in str(two.exception)
+
+
+def test_animate_keeps_the_first_frame_and_makes_the_rest(video_run, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from undiffuse.cli import app
+    from undiffuse.models import load_model
+    from undiffuse.sampling import SampleRequest
+    from undiffuse.tasks import animate
+    from undiffuse.video_files import read_gif_params
+
+    model = load_model(video_run)
+    first = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    clips = animate(model, first, SampleRequest(n=2, steps=3, label=1, sampler="euler"))
+    assert clips.shape == (2, 4, 1, 16, 16) and torch.equal(clips[:, 0], first.expand(2, 1, 16, 16))
+    assert not torch.equal(clips[0, 1:], clips[1, 1:])            # two seeds, two continuations
+    frame = tmp_path / "first.png"
+    Image.fromarray(((first[0] + 1) * 127.5).round().byte().numpy(), "L").save(frame)
+    out = tmp_path / "anim"
+    result = CliRunner().invoke(app, ["animate", str(frame), "--model", str(video_run), "--class", "Sneaker",
+                                      "--n", "2", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    params = read_gif_params(out / "0000_seed0_Sneaker.gif")
+    assert params["task"] == "image-to-video" and params["image"] == str(frame)
+    refused = CliRunner().invoke(app, ["animate", str(frame), "--model", "fashion-mnist"])
+    assert refused.exit_code != 0 and "not a video model" in str(refused.exception)
+    with pytest.raises(UndiffuseError, match="first frame"):
+        animate(model, torch.zeros(1, 8, 8), SampleRequest(n=1, steps=2))

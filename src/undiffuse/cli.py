@@ -269,6 +269,38 @@ def inpaint(
 
 
 @app.command()
+def animate(
+    image: Annotated[Path, typer.Argument(help="The first frame (converted to the model's size and channels).")],
+    model: Annotated[str, typer.Option(help="A video model: run folder, checkpoint file or shipped name.")]
+    = "moving-sprites",
+    class_: ClassOpt = None,
+    resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 0,
+    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/animate"),
+) -> None:
+    """Image-to-video: IMAGE is the first frame, the video model makes the rest (a GIF, an MP4 and a PNG strip per
+    clip). The frame is written into every estimate x̂0 of the clip, as inpainting does over space."""
+    from dataclasses import replace
+
+    import torch
+
+    from .sampling import write_videos
+    from .tasks import animate as run_animate
+
+    loaded, req = _task_setup(model, class_, None, n=n, seed=seed, sampler=sampler, steps=steps, guidance=guidance)
+    if resample < 0:
+        raise UndiffuseError(f"--resample must be ≥ 0, got {resample}")
+    if loaded.space.kind != "video":
+        raise UndiffuseError(f"{model} is not a video model: animate needs one (e.g. configs/moving-sprites.toml)")
+    clips = run_animate(loaded, _load_input(image, loaded), req, resample=resample)
+    asked = req.label if loaded.num_classes and req.label is not None and req.label >= 0 else None
+    labels = torch.full((n,), asked) if asked is not None else None
+    path = write_videos(loaded, replace(req, label=asked), clips, labels, out,
+                        {"task": "image-to-video", "image": str(image), "resample": resample})
+    typer.echo(f"animated {n} clips from {image}: {path}")
+
+
+@app.command()
 def upscale(
     image: Annotated[Path, typer.Argument(help="The low-resolution image.")],
     factor: Annotated[int, typer.Option(help="2 or 4; the model's size is the output size.")] = 2,
@@ -360,6 +392,9 @@ def explain(
     sound: Annotated[str | None, typer.Option(help="A sound model for the section on sound (default: the shipped "
                                               "spoken-digits model where installed; 'none' leaves it out).")]
     = None,
+    video: Annotated[str | None, typer.Option(help="A video model for the section on video (default: the shipped "
+                                              "moving-sprites model where installed; 'none' leaves it out).")]
+    = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Write a page that shows how diffusion works, computed from the real process and a trained model."""
@@ -370,8 +405,11 @@ def explain(
         raise UndiffuseError(f"--physics-seconds must be positive, got {physics_seconds}")
     if sound is None:
         sound = "spoken-digits" if "spoken-digits" in shipped_models() else None
+    if video is None:
+        video = "moving-sprites" if "moving-sprites" in shipped_models() else None
     page = build_explainer(model, image=image, out=out, physics_seconds=physics_seconds, seed=seed,
-                           progress=progress, sound=None if sound == "none" else sound)
+                           progress=progress, sound=None if sound == "none" else sound,
+                           video=None if video == "none" else video)
     typer.echo(f"wrote {page} (open it in a browser; the pictures lie beside it)")
 
 
@@ -389,8 +427,10 @@ def _int_list(text: str, what: str) -> list[int]:
 def evaluate(
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
     = "fashion-mnist",
-    samplers_: Annotated[str, typer.Option("--samplers", help="Comma-separated sampler names.")] = "ddim,dpmpp_2m",
-    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "5,10,20,50",
+    samplers_: Annotated[str | None, typer.Option("--samplers", help="Comma-separated sampler names (default: "
+                                                  "ddim,dpmpp_2m; a video model's recipe's).")] = None,
+    steps: Annotated[str | None, typer.Option(help="Comma-separated step counts (default: 5,10,20,50; a video "
+                                              "model's recipe's).")] = None,
     n: Annotated[int, typer.Option(help="Generated images per setting, and real images per real set.")] = 1000,
     guidance: Annotated[float | None, typer.Option(help="Guidance of a class-conditional model "
                                                    "(default: its recipe's).")] = None,
@@ -423,9 +463,24 @@ def evaluate(
         typer.echo(result.table())
         typer.echo(f"wrote {out / 'evaluation.json'}")
         return
-    settings = EvalSettings(samplers=[s.strip() for s in samplers_.split(",") if s.strip()],
-                            steps=_int_list(steps, "--steps"), n=n, guidance=guidance, seed=seed, features=features,
-                            likelihood=likelihood)
+    if loaded.space.kind == "video":
+        from .evaluation.video import evaluate_video
+        names = [s.strip() for s in (samplers_ or "").split(",") if s.strip()]
+        counts = _int_list(steps, "--steps") if steps else []
+        if len(names) > 1 or len(counts) > 1:
+            raise UndiffuseError("a video model is evaluated at one setting: give one --samplers and one --steps")
+        clip_result = evaluate_video(loaded, n=n, sampler=names[0] if names else None,
+                                     steps=counts[0] if counts else None,
+                                     guidance=guidance, seed=seed, progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(clip_result.to_dict(), indent=2))
+        typer.echo(clip_result.table())
+        typer.echo("FVD: not measured (it needs an I3D network, which is not available offline)")
+        typer.echo(f"wrote {out / 'evaluation.json'}")
+        return
+    settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],
+                            steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
+                            features=features, likelihood=likelihood)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

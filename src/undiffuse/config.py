@@ -27,15 +27,16 @@ SPACES = ("pixels", "latent", "spectrogram")
 
 CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")  # data sets with captions (text models)
 SOUND = ("spoken_digits", "audio_folder")  # data sets of clips (trained in a spectrogram space)
-VIDEO = ("moving_sprites",)                 # data sets of video clips (data.frames frames each)
+VIDEO = ("moving_sprites", "clip_folder")  # data sets of video clips (data.frames frames each)
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"      # fashion_mnist | folder | digits | toy | emoji | openmoji | emoji+openmoji |
     #                                  tuxpaint (these four captioned) | spoken_digits | audio_folder (sound) |
-    #                                  moving_sprites (video)
-    path: str = ""                   # image folder (name = "folder") or sound folder (name = "audio_folder")
+    #                                  moving_sprites | clip_folder (video)
+    path: str = ""                   # image folder (name = "folder"), sound folder (name = "audio_folder") or clip
+    #                                  folder (name = "clip_folder": GIF, MP4, WebM …; sub-folders are classes)
     toy_set: str = "two_moons"       # 2-D set (name = "toy"): two_moons, swiss_roll, eight_gaussians, checkerboard
     toy_size: int = 20_000           # points drawn for a toy set
     image_size: int = 32             # model resolution; images are resized / padded to it
@@ -44,7 +45,8 @@ class DataConfig:
     conditional: bool = True         # train with class labels (or captions) when the data has them
     limit: int = 0                   # use only the first n images (0: all)
     text_length: int = 32            # tokens per caption for the text encoder (captioned data)
-    frames: int = 0                  # > 0: video: clips of this many frames (moving_sprites)
+    frames: int = 0                  # > 0: video: clips of this many frames (moving_sprites, clip_folder)
+    stride: int = 1                  # clip_folder: take every stride-th frame from a clip's first
     clips: int = 10_000              # moving_sprites: clips made (seeded by train.seed)
     recolour: int = 0                # captioned data: hue-rotated copies of each coloured image, captioned
     #                                  "a <colour> <name>" (data.recolour); every coloured image also gets that caption
@@ -194,7 +196,7 @@ class Config:
                   ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", *CAPTIONED, *SOUND,
                                                    *VIDEO),
                    "fashion_mnist, folder, digits, toy, emoji, openmoji, emoji+openmoji, tuxpaint, spoken_digits, "
-                   "audio_folder or moving_sprites"),
+                   "audio_folder, moving_sprites or clip_folder"),
                   ("model.temporal", self.model.temporal in ("attention", "conv", "both"), "attention, conv or both"),
                   ("data.limit", self.data.limit >= 0, "≥ 0"),
                   ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
@@ -258,8 +260,11 @@ class Config:
         if self.model.backbone != "unet" or self.space.kind != "pixels":
             raise UndiffuseError(f"video trains the space-time U-Net (model.backbone = 'unet') in pixel space, got "
                                  f"{self.model.backbone!r} in {self.space.kind!r}")
-        if self.data.channels != 1:
+        if self.data.name == "moving_sprites" and self.data.channels != 1:
             raise UndiffuseError("moving_sprites are grayscale: data.channels = 1")
+        if self.data.name == "clip_folder" and (not self.data.path or self.data.stride < 1):
+            raise UndiffuseError("data.path must name a folder of clips and data.stride be ≥ 1 when data.name = "
+                                 "'clip_folder'")
 
     def _check_sound(self) -> None:
         """Sound data trains in a spectrogram space whose x is the (1, image_size, image_size) grid."""

@@ -225,13 +225,13 @@ def write_sounds(model: LoadedModel, req: SampleRequest, waves: Tensor, labels: 
 
 
 def write_videos(model: LoadedModel, req: SampleRequest, clips: Tensor, labels: Tensor | None,
-                 out_dir: str | Path) -> Path:
-    """Per sample a looping GIF, an MP4 and a PNG strip of its frames, each carrying its parameters; grid.png with
-    one strip per row."""
+                 out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Per sample a looping GIF, an MP4 and a PNG strip of its frames, each carrying its parameters (and
+    ``extra``, e.g. a task's); grid.png with one strip per row."""
     from .video_files import write_gif, write_mp4
 
     out, space = Path(out_dir), model.space
-    base = {**_output_params(model, req, labels), "frames": space.frames}
+    base = {**_output_params(model, req, labels), "frames": space.frames, **(extra or {})}
     strips = space.picture(clips)
     for clip, strip, (name, params) in zip(clips, strips, _each_output(model, req, labels, len(clips), base),
                                            strict=True):

@@ -365,10 +365,14 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        saved = meta.get("config", {})
+        # settings added since the checkpoint was written take their defaults: an older run still resumes
+        saved = to_dict(config_from_json(json.dumps(meta.get("config", {}))))
+        now = to_dict(self.cfg)
         for section in ("data", "model", "space", "diffusion"):
-            if saved.get(section) != to_dict(self.cfg)[section]:
-                raise UndiffuseError(f"cannot resume: the [{section}] section differs from the checkpoint's")
+            differ = [k for k in now[section] if saved[section].get(k) != now[section][k]]
+            if differ:
+                raise UndiffuseError(f"cannot resume: the [{section}] section differs from the checkpoint's "
+                                     f"({', '.join(f'{section}.{k}' for k in differ)})")
         load_module_state(self.net, group(tensors, "model"), "model")
         load_module_state(self.ema.model, group(tensors, "ema"), "ema")
         load_optimizer_state(self.opt, group(tensors, "optim"), meta["optimizer"])

@@ -14,6 +14,8 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -134,6 +136,32 @@ def folder_classes(relative: list[Path]) -> tuple[list[str], dict[str, int]]:
     return class_names, {name: i for i, name in enumerate(class_names)}
 
 
+def read_each(root: Path, files: list[Path], relative: list[Path], class_index: dict[str, int],
+              read: Callable[[Path], Any], keep: Callable[[Any, int], None], *, what: str, unit: str,
+              progress: bool | None) -> tuple[list[int], list[tuple[str, str]], str]:
+    """Read every file: ``read`` returns its array or a string saying why not; readable ones go to ``keep(array, i)``
+    in order. Returns the labels (top-level folder's class, -1 in the root), the skipped (name, why) pairs and their
+    summary line, logged as a warning; refuses a folder with nothing readable. ``progress`` shows a bar (default:
+    from 500 files on)."""
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    show = progress if progress is not None else len(files) >= PROGRESS_MIN_FILES
+    for file, rel in zip(tqdm(files, desc=f"reading {root.name}", unit=unit, disable=not show), relative,
+                         strict=True):
+        result = read(file)
+        if isinstance(result, str):
+            skipped.append((rel.as_posix(), result))
+            continue
+        keep(result, len(labels))
+        labels.append(class_index[rel.parts[0]] if len(rel.parts) > 1 else -1)
+    summary = skip_summary(skipped, len(files))
+    if skipped:
+        log.warning("%s: %s", root, summary)
+    if not labels:
+        raise UndiffuseError(f"no readable {what} in {root}: {summary}")
+    return labels, skipped, summary
+
+
 def load_image_folder(path: str | os.PathLike, size: int, channels: int = 3, *,
                       max_pixels: int = MAX_PIXELS, progress: bool | None = None) -> ImageData:
     """All images under ``path`` as (N, channels, size, size) uint8; sub-folders are classes.
@@ -155,21 +183,12 @@ def load_image_folder(path: str | os.PathLike, size: int, channels: int = 3, *,
         log.warning("%s: files directly in the folder are unlabeled (-1) beside the classes %s", root, class_names)
 
     images = np.empty((len(files), channels, size, size), np.uint8)  # filled in place: no second copy
-    labels, skipped = [], []
-    show = progress if progress is not None else len(files) >= PROGRESS_MIN_FILES
-    for file, rel in zip(tqdm(files, desc=f"reading {root.name}", unit="img", disable=not show), relative,
-                         strict=True):
-        result = read_image(file, size, channels, max_pixels)
-        if isinstance(result, str):
-            skipped.append((rel.as_posix(), result))
-            continue
-        images[len(labels)] = result
-        labels.append(class_index[rel.parts[0]] if len(rel.parts) > 1 else -1)
 
-    summary = skip_summary(skipped, len(files))
-    if skipped:
-        log.warning("%s: %s", root, summary)
-    if not labels:
-        raise UndiffuseError(f"no readable images in {root}: {summary}")
+    def keep(image: np.ndarray, i: int) -> None:
+        images[i] = image
+
+    labels, skipped, summary = read_each(root, files, relative, class_index,
+                                         lambda f: read_image(f, size, channels, max_pixels), keep,
+                                         what="images", unit="img", progress=progress)
     return ImageData(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.long),
                      class_names, skipped, summary)

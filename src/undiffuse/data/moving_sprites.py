@@ -75,6 +75,12 @@ def direction_words(velocity: Tensor) -> list[str]:
     return words
 
 
+def shrink(images: Tensor, sprite: int) -> Tensor:
+    """uint8 images (N, C, h, w) → uint8 sprites (N, C, sprite, sprite), antialiased bilinear."""
+    return F.interpolate(images.float(), size=(sprite, sprite), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
 def render(sprites: Tensor, positions: Tensor, size: int) -> Tensor:
     """Paste sprites (N, C, s, s) uint8 at the rounded positions (N, F, 2) on dark size×size canvases:
     (N, F, C, size, size) uint8, the max of sprite and background."""
@@ -103,8 +109,7 @@ def moving_sprites(n: int, *, frames: int = 8, size: int = 32, sprite: int = 16,
     else:
         index = torch.randperm(len(garments), generator=g)[:n] if n <= len(garments) else \
             torch.randint(len(garments), (n,), generator=g)
-    small = F.interpolate(garments.images[index].float(), size=(sprite, sprite), mode="bilinear", antialias=True,
-                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    small = shrink(garments.images[index], sprite)
     limit = float(size - sprite)
     start = torch.rand(n, 2, generator=g) * limit
     angle = torch.rand(n, generator=g) * 2 * math.pi

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -164,6 +164,12 @@ def load_training_data(cfg: Config) -> TrainingData:
         from .moving_sprites import moving_sprites
         clips = moving_sprites(d.clips, frames=d.frames, size=d.image_size, sprite=d.image_size // 2,
                                seed=cfg.train.seed)
+        return ClipTrainingData(clips, flip=d.flip)
+    if d.name == "clip_folder":
+        from .clip_folder import load_clip_folder
+        clips = load_clip_folder(d.path, frames=d.frames, size=d.image_size, channels=d.channels, stride=d.stride)
+        if d.limit:
+            clips = replace(clips, clips=clips.clips[:d.limit], labels=clips.labels[:d.limit])
         return ClipTrainingData(clips, flip=d.flip)
     if d.name in SOUND:  # clips as spectrogram images of the config's [space]
         from .sound import load_sound_images

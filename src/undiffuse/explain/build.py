@@ -52,20 +52,24 @@ def _fig(out: Path, name: str, fig, params: dict) -> str:
 
 def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Path | None = None,
                     out: str | Path = "out/explain", physics_seconds: float = 30.0, seed: int = 0,
-                    progress: bool = True, sound: str | LoadedModel | None = None) -> Path:
+                    progress: bool = True, sound: str | LoadedModel | None = None,
+                    video: str | LoadedModel | None = None) -> Path:
     """Write ``out``/index.html and its pictures; returns the page's path. The numbers go to explain.json.
-    ``sound``: a sound model whose section (a real clip, noised, a reverse process, each with a player) is added."""
+    ``sound``: a sound model whose section (a real clip, noised, a reverse process, each with a player) is added;
+    ``video``: a video model whose section (a clip noised frame by frame, a whole clip's reverse process) is."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     m = load_model(model) if not isinstance(model, LoadedModel) else model
-    if m.config.data.image_size is None or m.meta.get("dim") is not None or m.space.kind == "spectrogram":
+    if m.config.data.image_size is None or m.meta.get("dim") is not None or m.space.kind in ("spectrogram", "video"):
         raise UndiffuseError(f"{m.source} is not an image model; explain needs one (e.g. fashion-mnist), and takes "
-                             "a sound model as --sound")
+                             "a sound model as --sound and a video model as --video")
     heard = (load_model(sound) if not isinstance(sound, LoadedModel) else sound) if sound is not None else None
+    seen = (load_model(video) if not isinstance(video, LoadedModel) else video) if video is not None else None
     channels = m.config.data.channels
     t_start = time.perf_counter()
     numbers: dict = {"model": m.source}
-    steps = tqdm(total=7 + (heard is not None), desc="explain", unit="section", disable=not progress)
+    steps = tqdm(total=7 + (heard is not None) + (seen is not None), desc="explain", unit="section",
+                 disable=not progress)
 
     try:
         train, train_labels = reverse.training_images(m)
@@ -264,6 +268,10 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     if heard is not None:  # 8. sound -------------------------------------------------------------------
         from .sound import sound_section
         sections.append(sound_section(heard, out, {**params, "model": heard.source}, numbers, seed))
+        steps.update()
+    if seen is not None:  # 9. video --------------------------------------------------------------------
+        from .video import video_section
+        sections.append(video_section(seen, out, {**params, "model": seen.source}, numbers, seed))
         steps.update()
     steps.close()
 

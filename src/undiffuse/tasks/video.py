@@ -1,0 +1,34 @@
+"""Image-to-video: the first frame given, the rest generated. Inpainting over time (the known frame written into
+every estimate x̂₀, as :class:`~undiffuse.tasks.consistency.InpaintDenoiser` does for pixels), so the temporal
+layers carry the given frame's content and place into the frames the sampler makes; every sampler works."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import UndiffuseError
+from ..models import LoadedModel
+from ..sampling import SampleRequest
+from .consistency import InpaintDenoiser
+from .run import Callback, _check_image, _sample
+
+
+@torch.no_grad()
+def animate(model: LoadedModel, first: Tensor, req: SampleRequest, resample: int = 0,
+            callback: Callback | None = None) -> Tensor:
+    """``req.n`` clips (n, F, C, H, W) in [-1, 1] whose first frame is ``first`` (C, H, W) exactly."""
+    if model.space.kind != "video":
+        raise UndiffuseError(f"{model.source} is not a video model: image-to-video needs one (data.frames > 0)")
+    frame = _check_image(model, first, what="first frame").clamp(-1, 1)    # (1, C, H, W)
+    frames = model.space.frames
+    clip = frame[:, None].expand(1, frames, *frame.shape[1:]).contiguous()
+    known = torch.zeros(1, frames, 1, 1, 1)
+    known[:, 0] = 1
+    g = torch.Generator().manual_seed(req.seed + 1_000_003)
+    out = _sample(model, req, None, None, lambda d: InpaintDenoiser(d, clip, known, resample, g), callback)
+    out[:, 0] = frame  # the sampler's last step mixes estimates: the given frame is returned as given
+    return out.clamp(-1, 1)
+
+
+__all__ = ["animate"]
