@@ -1,5 +1,7 @@
 """Fixtures shared by several test files."""
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,21 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from undiffuse.cli import app
+from undiffuse.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the `undiffuse` command, as a user sees them."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

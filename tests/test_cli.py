@@ -22,7 +22,7 @@ def test_demo_writes_a_png_and_its_numbers(tmp_path):
     with Image.open(out / "demo.png") as png:
         png.load()
         assert png.format == "PNG" and png.width > 1000 and png.height > 400
-        assert "Sampler: dpmpp_2m" in png.text["parameters"]
+        assert "Sampler: DPM++ 2M" in png.text["parameters"]  # A1111's name of dpmpp_2m
     assert read_params(out / "demo.png")["train_steps"] == 40
     record = json.loads((out / "demo.json").read_text())
     assert record["train_steps"] == 40 and set(record["metrics"]["energy distance"]) == {

@@ -1,9 +1,7 @@
 """Fuzzing the inputs users type: config overrides and CLI arguments only ever give the one-line
 ``error: …`` (or work), never a traceback."""
 
-import contextlib
 import dataclasses
-import io
 import json
 import math
 from pathlib import Path
@@ -11,10 +9,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import run_cli
 from typer.testing import CliRunner
 
 from undiffuse import config as config_module
-from undiffuse.cli import app, main
+from undiffuse.cli import app
 from undiffuse.config import load_config
 from undiffuse.errors import UndiffuseError
 
@@ -70,17 +69,11 @@ def test_sample_arguments_work_or_fail_in_one_line(tiny_run, tmp_path, opts):
     argv = ["sample", str(tiny_run), "--out", str(tmp_path / "out"), "--no-progress"]
     for k, v in opts.items():
         argv += [k, v]
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-    message = err.getvalue().strip()
+    code, out, err = run_cli(argv)
+    message = err.strip()
     assert "Traceback" not in message
     if code == 0:
-        assert "sampled" in out.getvalue()
+        assert "sampled" in out
         assert math.isfinite(float(opts.get("--guidance", "2")))   # a NaN scale is refused, not drawn with
     else:
         assert code == 2 and message.startswith("error: ") and len(message.splitlines()) == 1, message

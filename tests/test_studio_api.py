@@ -94,7 +94,7 @@ def test_generate_preview_history_and_use_again(studio):
     first = Image.open(io.BytesIO(c.file(urls["images"][0])))
     params = json.loads(first.text["undiffuse"])       # the PNG carries its parameters, as `undiffuse sample` writes
     assert params["seed"] == seed and params["class"] == "7" and params["steps"] == 6
-    assert "Sampler: dpmpp_2m" in first.text["parameters"]      # and the one-line text chunk
+    assert "Sampler: DPM++ 2M" in first.text["parameters"]      # and A1111's text chunk, with its sampler name
     # the history lists it; its settings run again give the same pixels (per-sample seeds)
     items = c.get("/api/history")["items"]
     assert items[0]["id"] == job["id"] and c.get(f"/api/history/{job['id']}")["settings"]["seed"] == seed
@@ -109,6 +109,15 @@ def test_generate_preview_history_and_use_again(studio):
     grid = c.request("POST", "/api/recall", {"image": data_url(c.file(urls["grid"]))})
     assert grid["settings"]["seed"] == seed and grid["settings"]["n"] == 3 and grid["settings"]["class"] == "7"
     assert read_params(a)["model"] == one["params"]["model"]
+
+
+def test_web_ui_sampler_names_are_taken(studio):
+    """The studio resolves names through the sampler registry: "Euler a Karras" is euler_ancestral, karras grid."""
+    c = studio.client
+    job = c.submit(model=MODEL, steps=2, n=1, seed=1, sampler="Euler a Karras", grid="", **{"class": "3"})
+    assert (job["settings"]["sampler"], job["settings"]["grid"]) == ("euler_ancestral", "karras")
+    assert c.wait(job["id"])["state"] == "done"
+    assert refused(studio, {"model": MODEL, "sampler": "DPM++ SDE"}).startswith("unknown sampler 'DPM++ SDE'")
 
 
 def test_text_model_takes_a_prompt(studio):

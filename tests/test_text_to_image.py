@@ -47,6 +47,28 @@ def test_text_model_trains_and_generates_from_a_prompt(text_run, tmp_path):
     assert params["prompt"] == "a red heart" and params["seed"] == 5 and params["guidance"] == 3.0
 
 
+def test_generate_from_png_repeats_the_prompt_and_pixels(text_run, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(app, ["generate", "a green tree", "--model", str(text_run), "--n", "2", "--steps",
+                                      "3", "--seed", "9", "--sampler", "Euler a", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    first = sorted(out.glob("0*.png"))[1]
+    with Image.open(first) as im:
+        assert im.text["parameters"].splitlines()[0] == "a green tree"  # A1111's layout: the prompt line first
+        assert "Sampler: Euler a" in im.text["parameters"]
+    again = tmp_path / "again"
+    result = CliRunner().invoke(app, ["generate", "--from-png", str(first), "--out", str(again), "--no-progress"])
+    assert result.exit_code == 0 and "'a green tree'" in result.output, result.output
+    (copy,) = sorted(again.glob("0*.png"))
+    with Image.open(first) as a, Image.open(copy) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert read_params(copy) == read_params(first)
+    result = CliRunner().invoke(app, ["generate", "--no-progress"])
+    assert result.exit_code != 0 and "give a PROMPT" in str(result.exception)
+
+
 def test_prompt_changes_the_image_and_w1_is_the_conditional_denoiser(text_run):
     model = load_model(text_run)
     enc = model.text_encoder()

@@ -95,3 +95,63 @@ def test_a_short_run_learns_eight_gaussians():
     learned, untrained = energy_distance(gen.samples, data), energy_distance(noise, data)
     assert learned < 0.3 * untrained, (learned, untrained)  # measured ≈ 0.19
     assert gen.path.shape == (21, 1000, 2) and gen.path_sigmas.shape == (21, 1000)
+
+
+# --------------------------------------------------------------------------- the toy run is a Trainer run
+def test_the_toy_run_is_a_trainer_run_that_resumes(tmp_path, monkeypatch):
+    """The demo's loop is the one training loop: its run folder has the checkpoints, log and model of any run, and
+    a run interrupted half-way and resumed ends with the weights of the uninterrupted one."""
+    import json
+    import signal
+
+    from undiffuse.checkpoint import load_checkpoint
+    from undiffuse.train import Interrupted, Trainer
+
+    config = ToyConfig(data="eight_gaussians", seconds=None, steps=40, batch_size=64, width=32, depth=1, seed=2)
+    whole = train_toy(config, progress=False, out_dir=tmp_path / "whole")
+    assert whole.steps == 40 and len(whole.losses) == 40 and whole.out_dir == tmp_path / "whole"
+    assert (tmp_path / "whole" / "model.safetensors").is_file()
+    assert (tmp_path / "whole" / "checkpoints" / "latest.safetensors").is_file()
+    saved = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert saved["data"]["toy_set"] == "eight_gaussians" and saved["train"]["lr_schedule"] == "linear"
+    last = json.loads((tmp_path / "whole" / "log.jsonl").read_text().splitlines()[-1])
+    warm = min(1, 40 / config.warmup)  # the 40th step is still warming up, and decayed linearly over the budget
+    assert last["step"] == 40 and last["lr"] == pytest.approx(config.lr * warm * (1 - 0.9 * 39 / 40))
+
+    step = Trainer.train_step
+
+    def stop_at_20(self):  # as SIGINT would: finish the step, checkpoint, stop
+        out = step(self)
+        if self.step == 20:
+            self._stop_signal = signal.SIGINT
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_20)
+    with pytest.raises(Interrupted, match="at step 20"):
+        train_toy(config, progress=False, out_dir=tmp_path / "cut")
+    monkeypatch.undo()
+    resumed = train_toy(config, progress=False, out_dir=tmp_path / "cut", resume=True)
+    assert resumed.steps == 40 and resumed.losses == whole.losses[20:]
+    a, _ = load_checkpoint(tmp_path / "whole" / "model.safetensors")
+    b, _ = load_checkpoint(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UndiffuseError, match="resume needs the out_dir"):
+        train_toy(config, progress=False, resume=True)
+
+
+def test_a_toy_time_budget_and_no_run_folder_left_behind():
+    config = ToyConfig(data="two_moons", seconds=1.0, steps=None, batch_size=64, width=32, depth=1)
+    run = train_toy(config, progress=False)
+    assert run.steps > 0 and 1.0 <= run.seconds < 60 and run.out_dir is None
+
+
+def test_plots_import_nothing_of_the_demo():
+    """The demo imports its figure from plots; plots describes what it draws and imports nothing of the demo."""
+    import ast
+    from pathlib import Path
+
+    import undiffuse.plots as plots
+
+    tree = ast.parse(Path(plots.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "demo" not in imported and not any(m and m.endswith(".demo") for m in imported)

@@ -40,10 +40,18 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+PROVENANCE_PREFIX = "undiffuse."  # header keys of a checkpoint's provenance, beside the JSON under "undiffuse"
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors and JSON metadata to ``path`` atomically."""
+    """Write tensors and JSON metadata to ``path`` atomically.
+
+    ``meta["provenance"]`` (recipe hash, data, steps, versions: :meth:`undiffuse.train.Trainer.provenance`) is also
+    written as plain header keys ``undiffuse.recipe_hash``, … that any safetensors reader shows (as kohya's ``ss_*``
+    keys are), without parsing our JSON."""
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    header = {"undiffuse": json.dumps(meta)}
+    header = {"undiffuse": json.dumps(meta),
+              **{PROVENANCE_PREFIX + k: str(v) for k, v in (meta.get("provenance") or {}).items()}}
     try:
         atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
     except OSError as err:
@@ -62,6 +70,22 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
         raise UndiffuseError(f"{p} is not a readable safetensors checkpoint ({err})") from None
     return tensors, meta
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str], dict[str, tuple[int, ...]]]:
+    """(our JSON metadata, the raw header metadata, each tensor's shape) of a safetensors file, without reading
+    its tensors (safetensors only; never unpickles)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UndiffuseError(f"checkpoint not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        meta = json.loads(header.get("undiffuse", "{}"))
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
+        raise UndiffuseError(f"{p} is not a readable safetensors checkpoint ({err})") from None
+    return meta, header, shapes
 
 
 def group(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

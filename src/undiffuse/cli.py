@@ -85,11 +85,13 @@ def train(
 SamplerOpt = Annotated[str, typer.Option(help="Sampler name (see `undiffuse samplers`).")]
 StepsOpt = Annotated[int, typer.Option(help="Sampling steps.")]
 GridOpt = Annotated[str, typer.Option(help="σ grid: karras, exponential, leading, trailing, linspace, flow.")]
-CardSamplerOpt = Annotated[str | None, typer.Option("--sampler", help="Sampler name (see `undiffuse samplers`; "
-                                                    "default: the model card's).")]
+CardSamplerOpt = Annotated[str | None, typer.Option("--sampler", help="Sampler name (see `undiffuse samplers`), or as "
+                                                    "the web UIs name it: \"Euler a\", \"DPM++ 2M Karras\" (which "
+                                                    "picks the karras grid too). Default: the model card's.")]
 CardStepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: the model card's).")]
 CardGridOpt = Annotated[str | None, typer.Option("--grid", help="σ grid: karras, exponential, leading, trailing, "
-                                                 "linspace, flow (default: the model card's).")]
+                                                 "linspace, flow; or Karras, Exponential, ComfyUI's simple, "
+                                                 "ddim_uniform, normal (default: the model card's).")]
 NOpt = Annotated[int, typer.Option(help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = plain conditional).")]
@@ -142,8 +144,81 @@ def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
     return write_samples(loaded, req, samples, labels, out), time.perf_counter() - t0
 
 
+FromPngOpt = Annotated[Path | None, typer.Option(
+    "--from-png", metavar="FILE", help="Draw again what a PNG written by `undiffuse sample` or `generate` holds (one "
+    "image, or a grid.png and its images), from the parameters in its JSON chunk: the same pixels on the same "
+    "machine. Options given beside it change those parameters (e.g. --steps 50; MODEL: another model).")]
+
+def _given(ctx: typer.Context) -> set[str]:
+    """The parameters of this command set on the command line (not left at their defaults)."""
+    return {name for name in ctx.params
+            if (source := ctx.get_parameter_source(name)) is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")}
+
+
+def _png_request(png: Path) -> tuple[str, dict, str | None]:
+    """(model, SampleRequest fields, class name or None) from the JSON chunk of a PNG that `sample` / `generate`
+    wrote: one image (its seed, n = 1) or a grid (its seed range). Anything else is refused in one line."""
+    from dataclasses import fields
+
+    from .images import read_params
+    from .sampling import SampleRequest
+
+    if not png.is_file():
+        raise UndiffuseError(f"--from-png: no such file: {png}")
+    try:
+        params = read_params(png)
+    except (OSError, ValueError) as err:
+        raise UndiffuseError(f"--from-png: {png} is not a PNG with undiffuse parameters ({err})") from None
+    if not isinstance(params, dict) or not params.get("model") or not ("seed" in params or "seeds" in params):
+        raise UndiffuseError(f"--from-png: {png} carries no parameters of `undiffuse sample` or `generate` (only the "
+                             "PNGs they write do)")
+    if "task" in params:
+        raise UndiffuseError(f"--from-png: {png} was made by `undiffuse {params['task']}` from an input image: run "
+                             "that command again")
+    known = {f.name for f in fields(SampleRequest)} - {"n", "batch_size", "label"}
+    unknown = sorted(set(params) - known - {"model", "seed", "seeds", "class", "frames"})
+    if unknown:
+        raise UndiffuseError(f"--from-png: {png} has parameters this version does not know ({', '.join(unknown)})")
+    request = {k: v for k, v in params.items() if k in known}
+    if "seeds" in params:  # a grid: its whole seed range
+        lo, _, hi = str(params["seeds"]).partition("-")
+        if not (lo.isdigit() and hi.isdigit() and int(hi) >= int(lo)):
+            raise UndiffuseError(f"--from-png: {png} has an unreadable seed range {params['seeds']!r}")
+        request["seed"], request["n"] = int(lo), int(hi) - int(lo) + 1
+    else:
+        request["n"] = 1
+    if request.get("guidance_interval") is not None:
+        request["guidance_interval"] = tuple(request["guidance_interval"])
+    cls = params.get("class")
+    return str(params["model"]), request, None if cls in (None, "all, in turn") else str(cls)
+
+
+def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path | None, options: dict):
+    """The loaded model and the request of `sample` / `generate`: the options given, the rest from the model card, or
+    with --from-png from the PNG's parameters (the options given on the command line win)."""
+    from .models import load_model
+    from .sampling import SampleRequest, card_defaults, parse_class
+
+    given = _given(ctx)
+    if from_png is not None:
+        from . import samplers
+
+        source, request, cls = _png_request(from_png)
+        request.update({k: v for k, v in options.items() if k in given})
+        if "sampler" in given and "grid" not in given and samplers.resolve(options["sampler"])[1]:
+            request["grid"] = None  # "--sampler 'DPM++ 2M Karras'" picks its grid over the PNG's
+        loaded = load_model(model if "model" in given else source)
+        class_ = class_ if "class_" in given else cls
+    else:
+        request, loaded = dict(options), load_model(model)
+    request["sampler"], request["steps"], request["grid"], request["guidance"] = card_defaults(
+        loaded, request.get("sampler"), request.get("steps"), request.get("grid"), request.get("guidance"))
+    return loaded, SampleRequest(**request, label=parse_class(loaded, class_))
+
+
 @app.command()
 def sample(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
     = "fashion-mnist",
     sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, grid: CardGridOpt = None, n: NOpt = 16,
@@ -155,27 +230,30 @@ def sample(
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
+    from_png: FromPngOpt = None,
 ) -> None:
     """Generate images (a PNG grid and one PNG per sample) or sounds (one WAV per sample, all.wav of them in a row and
-    a PNG grid of their spectrograms), each file carrying its parameters."""
-    from .models import load_model
-    from .nets.cpu import resolve_precision
-    from .sampling import SampleRequest, card_defaults, parse_class
+    a PNG grid of their spectrograms), each file carrying its parameters.
 
-    guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
-    loaded = load_model(model)
-    sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, label=parse_class(loaded, class_),
-                        guidance=guidance, precision=resolve_precision(precision), sigma_min=sigma_min,
-                        sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
+    --sampler and --grid take the web UIs' names too ("Euler a", "DPM++ 2M Karras", …: `undiffuse samplers`)."""
+    from .nets.cpu import resolve_precision
+
+    options = {"sampler": sampler, "steps": steps, "grid": grid, "n": n, "seed": seed, "guidance": guidance,
+               "precision": resolve_precision(precision), "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
+               "clip_x0": clip_x0, "eps_scale": eps_scale,
+               **_guidance_options(guidance_interval, guidance_rescale, autoguide)}
+    loaded, req = _request(ctx, model, class_, from_png, options)
     path, seconds = _draw(loaded, req, out, progress)
     what = {"spectrogram": "sounds", "video": "videos"}.get(loaded.space.kind, "images")
-    typer.echo(f"sampled {n} {what} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
+    again = f" (again, from {from_png})" if from_png is not None else ""
+    typer.echo(f"sampled {req.n} {what}{again} with {req.sampler}, {req.steps} steps, in {seconds:.1f} s: {path}")
 
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What to draw, e.g. \"a red heart\".")],
+    ctx: typer.Context,
+    prompt: Annotated[str | None, typer.Argument(help="What to draw, e.g. \"a red heart\" (with --from-png: the "
+                                                 "PNG's prompt unless given).")] = None,
     model: Annotated[str, typer.Option(help="A text-conditioned run folder, checkpoint or shipped model.")]
     = "emoji-dit",
     sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, grid: CardGridOpt = None, n: NOpt = 8,
@@ -184,22 +262,25 @@ def generate(
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
+    from_png: FromPngOpt = None,
 ) -> None:
-    """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters."""
-    from .models import load_model
-    from .nets.cpu import resolve_precision
-    from .sampling import SampleRequest, card_defaults
+    """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters.
 
-    guiding = _guidance_options(guidance_interval, guidance_rescale, autoguide)
-    loaded = load_model(model)
+    --sampler and --grid take the web UIs' names too ("Euler a", "DPM++ 2M Karras", …: `undiffuse samplers`)."""
+    from .nets.cpu import resolve_precision
+
+    if prompt is None and from_png is None:
+        raise UndiffuseError("give a PROMPT (or --from-png FILE)")
+    options = {"sampler": sampler, "steps": steps, "grid": grid, "n": n, "seed": seed, "guidance": guidance,
+               "prompt": prompt, "precision": resolve_precision(precision), "sigma_min": sigma_min,
+               "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
+               **_guidance_options(guidance_interval, guidance_rescale, autoguide)}
+    loaded, req = _request(ctx, model, None, from_png, options)
     if not loaded.text_conditioned:
-        raise UndiffuseError(f"{model} is not text-conditioned; use `undiffuse sample` for it")
-    sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, prompt=prompt, guidance=guidance,
-                        precision=resolve_precision(precision), sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                        clip_x0=clip_x0, eps_scale=eps_scale, **guiding)
+        raise UndiffuseError(f"{loaded.source} is not text-conditioned; use `undiffuse sample` for it")
     path, seconds = _draw(loaded, req, out, progress)
-    typer.echo(f"generated {n} images of {prompt!r} with {sampler}, {steps} steps, in {seconds:.1f} s: {path}")
+    typer.echo(f"generated {req.n} images of {req.prompt!r} with {req.sampler}, {req.steps} steps, in {seconds:.1f} s: "
+               f"{path}")
 
 
 ModelOpt = Annotated[str, typer.Option(help="A run folder, a checkpoint file, or a shipped model's name.")]
@@ -508,15 +589,54 @@ def studio(
 
 
 @app.command(name="samplers")
-def list_samplers() -> None:
-    """List the registered samplers: order as an ODE solver, whether they draw noise, what they are."""
+def list_samplers(
+    aliases: Annotated[bool, typer.Option("--aliases", help="List every accepted name instead: the web UIs' "
+                                          "(A1111, ComfyUI) and the σ grids' ones.")] = False,
+) -> None:
+    """List the registered samplers: order as an ODE solver, whether they draw noise, the web UIs' name, what they are.
+
+    Every command that takes a sampler takes its web-UI name too ("Euler a", "DPM++ 2M"); `sample`, `generate` and
+    the studio also take it with " Karras" or " Exponential", which picks that σ grid ("DPM++ 2M Karras")."""
     from . import samplers
 
-    typer.echo(f"{'name':17}{'order':>6}  {'stochastic':11} summary")
+    if aliases:
+        typer.echo(f"{'name':26}means")
+        for name in samplers.names():
+            for alias in samplers.aliases(name):
+                typer.echo(f"{alias:26}{name}")
+        typer.echo(f"{'<name> Karras':26}that sampler on the karras grid, e.g. \"DPM++ 2M Karras\" (sample, generate, "
+                   "studio)")
+        typer.echo(f"{'<name> Exponential':26}that sampler on the exponential grid, e.g. \"DPM++ 2M SDE Exponential\"")
+        for alias, grid in (("Karras", "karras"), ("Exponential", "exponential"), ("simple", "trailing"),
+                            ("ddim_uniform", "leading"), ("normal", "linspace")):
+            typer.echo(f"{'--grid ' + alias:26}the {grid} grid")
+        return
+    typer.echo(f"{'name':17}{'order':>6}  {'stochastic':11} {'web UI':14}summary")
     for name in samplers.names():
         info = samplers.info(name)
         order = "-" if info.order is None else str(info.order)
-        typer.echo(f"{name:17}{order:>6}  {'yes' if info.stochastic else 'no':11} {info.summary}")
+        webui = samplers.WEBUI_NAMES.get(name, "-")
+        typer.echo(f"{name:17}{order:>6}  {'yes' if info.stochastic else 'no':11} {webui:14}{info.summary}")
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint file, or a shipped model's name.")]
+    = "fashion-mnist",
+) -> None:
+    """Print a model's card: its space, backbone, parameterisation, size, classes or text, the sampler settings it was
+    measured with, and where it comes from (recipe hash, data, steps, versions), read from the file's header."""
+    from .model_info import model_card
+
+    rows = model_card(model)
+    width = max(len(label) for label, _ in rows) + 2
+    for label, text in rows:
+        typer.echo(f"{label:{width}}{text}")
+
+
+from .interop.cli import export  # noqa: E402  (a command defined in its own module)
+
+app.command()(export)
 
 
 def main(argv: list[str] | None = None) -> None:

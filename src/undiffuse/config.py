@@ -8,6 +8,7 @@ impossible values are refused before any work starts, naming the field.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -23,6 +24,8 @@ from .errors import UndiffuseError
 
 BACKBONES = ("unet", "dit", "mlp", "autoencoder")
 SPACES = ("pixels", "latent", "spectrogram")
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # train.log: where training metrics go (JSONL always)
+LR_SCHEDULES = ("constant", "linear")
 
 
 CAPTIONED = ("emoji", "openmoji", "emoji+openmoji", "tuxpaint")  # data sets with captions (text models)
@@ -87,6 +90,8 @@ class DiffusionConfig:
     parameterization: str = "eps"    # eps | x0 | v (VP network), edm (EDM preconditioning) or flow (rectified flow)
     schedule: str = "cosine"         # β schedule: linear | cosine | scaled_linear (VP only)
     timesteps: int = 1000            # T of the discrete chain (VP only)
+    betas: list[float] = field(default_factory=list)  # explicit β_0 … β_{T-1} (T = timesteps), overriding schedule:
+    #                                  a chain no name gives (a diffusers model's trained or custom betas); []: off
     min_snr_gamma: float = 0.0       # > 0: min-SNR-γ loss weighting (Hang et al. 2023); 0: native loss
     sigma_data: float = 0.5          # EDM's σ_data (a latent space is scaled to unit variance: use 1.0 there)
     p_mean: float = -1.2             # EDM training density ln σ ~ N(p_mean, p_std²)
@@ -98,7 +103,7 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 20_000              # optimizer steps
+    steps: int = 20_000              # optimizer steps (0: no step budget; train.max_seconds then ends the run)
     init: str = ""                   # start from this model's weights (run folder, model file or shipped name) with
     #                                  a fresh optimizer: fine-tuning; its [model] section must equal this one
     max_seconds: float = 0.0         # stop (checkpoint and export) once this much training time is spent (0: off);
@@ -107,6 +112,10 @@ class TrainConfig:
     grad_accum: int = 1              # micro-batches per step (same result, less memory)
     lr: float = 2e-4                 # AdamW peak learning rate
     warmup: int = 500                # linear warm-up steps
+    lr_schedule: str = "constant"    # after warm-up: constant (DDPM, ADM) | linear: down to lr_final × lr over the
+    #                                  budget, the fraction of train.steps or of train.max_seconds spent, whichever
+    #                                  is larger (the 2-D demo's: more steps per second beat a bigger batch)
+    lr_final: float = 0.1            # linear: the rate at the end of the budget, as a fraction of lr
     weight_decay: float = 0.0        # AdamW weight decay
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     ema_decay: float = 0.999         # EMA of the weights, the copy that is sampled from
@@ -116,6 +125,9 @@ class TrainConfig:
     channels_last: bool = False      # memory format; measured per backbone
     seed: int = 0                    # everything random (init, data order, noise) derives from it
     log_every: int = 50              # steps between log lines (JSONL)
+    log: list[str] = field(default_factory=lambda: ["jsonl"])  # loggers: jsonl (log.jsonl, always written) |
+    #                                  tensorboard (OUT/tensorboard, pip install 'undiffuse[tensorboard]') | wandb
+    #                                  (offline, OUT/wandb, `wandb sync` later; pip install 'undiffuse[wandb]')
     sample_every: int = 2000         # steps between sample grids from the EMA weights (0: off)
     checkpoint_every: int = 1000     # steps between checkpoints
     keep_checkpoints: int = 2        # how many step checkpoints to keep besides "latest"
@@ -161,7 +173,10 @@ class Config:
 
     def validate(self) -> Config:
         """Refuse impossible values, naming the field."""
-        positive = {"train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
+        if self.train.steps < 0 or (self.train.steps == 0 and not self.train.max_seconds > 0):
+            raise UndiffuseError(f"train.steps must be positive, got {self.train.steps} (0, no step budget, needs a "
+                                 "time budget: train.max_seconds > 0)")
+        positive = {"train.batch_size": self.train.batch_size,
                     "train.grad_accum": self.train.grad_accum, "train.lr": self.train.lr,
                     "data.image_size": self.data.image_size, "model.channels": self.model.channels,
                     "sample.steps": self.sample.steps, "diffusion.timesteps": self.diffusion.timesteps,
@@ -191,6 +206,9 @@ class Config:
                   ("model.latent_channels", self.model.latent_channels >= 1, "≥ 1"),
                   ("train.kl_weight", self.train.kl_weight >= 0, "≥ 0"),
                   ("train.max_seconds", self.train.max_seconds >= 0, "≥ 0"),
+                  ("train.lr_schedule", self.train.lr_schedule in LR_SCHEDULES, " or ".join(LR_SCHEDULES)),
+                  ("train.lr_final", 0 <= self.train.lr_final <= 1, "in [0, 1]"),
+                  ("train.log", all(name in LOGGERS for name in self.train.log), "a list of " + ", ".join(LOGGERS)),
                   ("space.kind", self.space.kind in SPACES, ", ".join(SPACES)),
                   ("train.device", self.train.device in ("cpu", "cuda"), "cpu or cuda"),
                   ("data.name", self.data.name in ("fashion_mnist", "folder", "digits", "toy", *CAPTIONED, *SOUND,
@@ -237,6 +255,7 @@ class Config:
                                      f"{len(self.model.channel_mult)} levels)")
         if self.data.name == "folder" and not self.data.path:
             raise UndiffuseError("data.path must name an image folder when data.name = 'folder'")
+        self._check_betas()
         self._check_sound()
         self._check_video()
         guided = self.data.conditional and self.data.name != "toy" and self.model.backbone != "autoencoder"
@@ -245,6 +264,16 @@ class Config:
                                  f"= {self.sample.guidance} would guide against noise: set train.label_dropout > 0 "
                                  "(0.1 is usual) or sample.guidance = 1")
         return self
+
+    def _check_betas(self) -> None:
+        """Explicit betas: one per step of a VP chain, each in (0, 1)."""
+        d = self.diffusion
+        if not d.betas:
+            return
+        if d.parameterization not in ("eps", "x0", "v") or len(d.betas) != d.timesteps \
+                or not all(0 < b < 1 for b in d.betas):
+            raise UndiffuseError(f"diffusion.betas must hold diffusion.timesteps ({d.timesteps}) values in (0, 1) for "
+                                 f"a VP model (eps, x0 or v), got {len(d.betas)} for {d.parameterization!r}")
 
     def _check_video(self) -> None:
         """Video data needs frames, pixel space and a U-Net (the space-time one); only video has frames."""
@@ -343,6 +372,15 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain dicts and lists (JSON/TOML-ready)."""
     return dataclasses.asdict(cfg)
+
+
+def recipe_hash(cfg: Config) -> str:
+    """A short fingerprint of the resolved recipe, every field but out_dir (where a run is written is not part of
+    how it is made): two models with the same hash were trained from the same settings."""
+    data = to_dict(cfg)
+    data.pop("out_dir", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _get(cfg: Any, key: str) -> Any:

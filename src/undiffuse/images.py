@@ -33,9 +33,50 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_val
     return grid
 
 
-def infotext(params: dict[str, Any]) -> str:
-    """One human-readable line: "Sampler: dpmpp_2m, Steps: 20, Seed: 3, …"."""
-    return ", ".join(f"{k.replace('_', ' ').capitalize()}: {v}" for k, v in params.items())
+def _quote(value: Any) -> str:
+    """A value as A1111 writes it: JSON-quoted where it holds a comma, a colon or a line break."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def infotext(params: dict[str, Any], size: tuple[int, int] | None = None) -> str:
+    """The generation parameters in AUTOMATIC1111's layout, which other tools read (its infotext_utils parser):
+
+        a prompt                                   (where there is one)
+        Negative prompt: …                         (where there is one)
+        Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 2.0, Seed: 3, Size: 32x32, Model: …, …
+
+    The sampler and grid under the web UIs' names (:data:`~undiffuse.samplers.WEBUI_NAMES`; a grid without one keeps
+    ours), ``size`` (width, height) as Size, then the other parameters as "Key: value" in their order; None is
+    left out, a value with a comma or colon JSON-quoted."""
+    from .samplers import WEBUI_GRIDS, webui_name
+
+    rest = {k: v for k, v in params.items() if v is not None}
+    lines = []
+    prompt, negative = rest.pop("prompt", None), rest.pop("negative_prompt", None)
+    if prompt:
+        lines.append(str(prompt))
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    fields: dict[str, Any] = {}
+    if "steps" in rest:
+        fields["Steps"] = rest.pop("steps")
+    if "sampler" in rest:
+        fields["Sampler"] = webui_name(str(rest.pop("sampler")))
+    if "grid" in rest:
+        grid = str(rest.pop("grid"))
+        fields["Schedule type"] = WEBUI_GRIDS.get(grid, grid)
+    if "guidance" in rest:
+        fields["CFG scale"] = rest.pop("guidance")
+    if "seed" in rest:
+        fields["Seed"] = rest.pop("seed")
+    if size is not None:
+        fields["Size"] = f"{size[0]}x{size[1]}"
+    if "model" in rest:
+        fields["Model"] = rest.pop("model")
+    fields.update({k.replace("_", " ").capitalize(): v for k, v in rest.items()})
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items()))
+    return "\n".join(lines)
 
 
 def label_columns(pil: Image.Image, names: list[str], padding: int) -> Image.Image:
@@ -53,7 +94,8 @@ def label_columns(pil: Image.Image, names: list[str], padding: int) -> Image.Ima
 
 def save_png(path: str | Path, image: Tensor, params: dict[str, Any] | None = None, scale: int = 1,
              column_labels: list[str] | None = None, padding: int = 2) -> Path:
-    """Write a (C, H, W) image in [-1, 1]; ``params`` go into "parameters" (text) and "undiffuse" (JSON).
+    """Write a (C, H, W) image in [-1, 1]; ``params`` go into "parameters" (A1111's text, :func:`infotext`, with the
+    image's own size before scaling) and "undiffuse" (JSON, what ``undiffuse sample --from-png`` reads).
 
     ``column_labels`` names the columns of a grid made by :func:`make_grid` with that ``padding``.
     """
@@ -66,7 +108,7 @@ def save_png(path: str | Path, image: Tensor, params: dict[str, Any] | None = No
         pil = label_columns(pil, column_labels, padding * scale)
     info = PngImagePlugin.PngInfo()
     if params:
-        info.add_text("parameters", infotext(params))
+        info.add_text("parameters", infotext(params, (image.shape[-1], image.shape[-2])))
         info.add_text("undiffuse", json.dumps(params))
     pil.save(path, pnginfo=info)
     return path

@@ -22,6 +22,8 @@ def build_schedule(cfg: Config) -> process.DiscreteSchedule | None:
     """The discrete VP chain of a VP model (None for EDM and flow, which are continuous in σ)."""
     if cfg.diffusion.parameterization in ("edm", "flow"):
         return None
+    if cfg.diffusion.betas:  # a chain given step by step (e.g. a diffusers model's trained betas)
+        return process.DiscreteSchedule(torch.tensor(cfg.diffusion.betas, dtype=torch.float64))
     return process.DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
 
@@ -165,7 +167,11 @@ class LoadedModel:
 
 
 def load_model(model: str | Path) -> LoadedModel:
-    """Load the EMA weights of a run, checkpoint, exported model or shipped model (safetensors + JSON)."""
+    """Load the EMA weights of a run, checkpoint, exported model or shipped model (safetensors + JSON), or a folder
+    saved by diffusers' ``save_pretrained`` (:mod:`undiffuse.interop.diffusers_load`)."""
+    from .interop.diffusers_load import is_diffusers_folder, load_diffusers
+    if is_diffusers_folder(model):
+        return load_diffusers(model)
     path = resolve_model_path(model)
     tensors, meta = load_checkpoint(path)
     if "config" not in meta:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,26 @@ from .images import infotext, to_uint8
 from .process import DiscreteSchedule, q_sample, sigma_to_alpha_bar
 
 if TYPE_CHECKING:
-    from .demo import DemoResult
+    from .train_toy import ToyRun
+
+
+class PointPath(Protocol):
+    """A sampler's walk over 2-D points (:class:`undiffuse.demo.Generation` is one)."""
+
+    samples: Tensor      # (n, 2)
+    path: Tensor         # (K + 1, n, 2)
+    path_sigmas: Tensor  # (K + 1, n)
+
+
+class DemoFigure(Protocol):
+    """What :func:`plot_demo` draws (:class:`undiffuse.demo.DemoResult` is one). Described here, not imported: the
+    demo imports its figure from this module, and this module imports nothing of the demo."""
+
+    run: ToyRun
+    sampler: str
+    data: Tensor
+    generation: PointPath
+    metrics: dict[str, dict[str, float]]
 
 NOISE_LEVELS = (0.15, 0.5, 1.5, 5.0)  # σ of the forward-process panels, data → noise
 LIMIT = 2.9                           # every panel shows [-LIMIT, LIMIT]²
@@ -54,7 +73,7 @@ def nearest_state(path_sigmas: Tensor, sigma: float) -> int:
     return int((median.log() - np.log(sigma)).abs().argmin())
 
 
-def plot_demo(result: DemoResult, path: Path | str) -> Path:
+def plot_demo(result: DemoFigure, path: Path | str) -> Path:
     """Forward process (top), the sampler walking it back (bottom), trajectories (right); writes a PNG."""
     run, gen, data = result.run, result.generation, result.data
     ddpm = DiscreteSchedule.from_name("linear")  # only to name the DDPM step that each σ matches
@@ -108,7 +127,7 @@ def save_figure(fig: Figure, path: Path | str, params: dict[str, Any]) -> Path:
     canvas.draw()
     image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext(params))
+    info.add_text("parameters", infotext(params, image.size))
     info.add_text("undiffuse", json.dumps(params))
     info.add_text("Software", f"undiffuse {__version__}")
     path = Path(path)

@@ -252,9 +252,17 @@ def write_samples(model: LoadedModel, req: SampleRequest, samples: Tensor, label
 
 def card_defaults(loaded: LoadedModel, sampler: str | None, steps: int | None, grid: str | None,
                   guidance: float | None) -> tuple[str, int, str, float]:
-    """The options left out, from the model card's [sample] section (the settings it was measured with)."""
+    """The options left out, from the model card's [sample] section (the settings it was measured with).
+
+    Sampler and grid may be named as the web UIs name them (:func:`~undiffuse.samplers.resolve`): "Euler a", and
+    "DPM++ 2M Karras", which picks the karras grid too; the names returned are ours."""
     card = loaded.config.sample
-    return (sampler or card.sampler, card.steps if steps is None else steps, grid or card.grid,
+    name, picked = samplers.resolve(sampler or card.sampler)
+    asked = samplers.resolve_grid(grid) if grid else None
+    if picked and asked and picked != asked:
+        raise UndiffuseError(f"the sampler name {sampler!r} picks the {picked} σ grid, but the grid asked for is "
+                             f"{grid!r}: give one of them")
+    return (name, card.steps if steps is None else steps, asked or picked or card.grid,
             card.guidance if guidance is None else guidance)
 
 

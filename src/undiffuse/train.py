@@ -16,11 +16,11 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import distributed, samplers
+from . import __version__, distributed, samplers
 from .checkpoint import (atomic_write, group, load_checkpoint, load_module_state, load_optimizer_state, optimizer_state,
                          prefixed, save_checkpoint)
-from .config import Config, config_from_json, to_dict
+from .config import Config, config_from_json, recipe_hash, to_dict
 from .data.latents import encode_training_data
 from .data.training import TrainingData, load_training_data
 from .distill import distillation_loss, trajectory_data
@@ -40,6 +40,7 @@ from .errors import UndiffuseError
 from .guidance import CFGDenoiser, null_text
 from .data.audio import write_wav_sequence
 from .images import make_grid, save_png
+from .loggers import RunLog, check_loggers
 from .losses import denoising_loss
 from .model_files import resolve_model_path
 from .models import (build_denoiser, build_net, build_schedule, build_space, config_sigmas, load_model,
@@ -67,13 +68,25 @@ class DataOrder:
         return self._perm
 
     def indices(self, start: int, count: int) -> Tensor:
-        out = [self._permutation(k // self.n)[k % self.n] for k in range(start, start + count)]
-        return torch.stack(out)
+        parts, k, end = [], start, start + count
+        while k < end:  # a slice of each epoch's permutation the batch spans (one, or two at an epoch's end)
+            epoch, pos = divmod(k, self.n)
+            take = min(end - k, self.n - pos)
+            parts.append(self._permutation(epoch)[pos:pos + take])
+            k += take
+        return torch.cat(parts)
 
 
-def learning_rate(cfg: Config, step: int) -> float:
-    """Linear warm-up to the peak rate, then constant (DDPM and ADM train at a constant rate)."""
-    return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup))
+def learning_rate(cfg: Config, step: int, done: float | None = None) -> float:
+    """Linear warm-up to the peak rate, then constant (DDPM and ADM train at a constant rate), or with
+    ``train.lr_schedule = "linear"`` down to ``lr_final``·lr as ``done`` (the fraction of the budget spent; default
+    step / train.steps) goes from 0 to 1."""
+    t = cfg.train
+    rate = t.lr * min(1.0, (step + 1) / max(1, t.warmup))
+    if t.lr_schedule == "linear":
+        done = step / t.steps if done is None and t.steps else (done or 0.0)
+        rate *= 1 - (1 - t.lr_final) * min(1.0, done)
+    return rate
 
 
 def trains_in_bf16(cfg: Config) -> bool:
@@ -88,10 +101,15 @@ def _autocast(cfg: Config) -> contextlib.AbstractContextManager:
 
 
 class Trainer:
-    """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``."""
+    """Holds the run's state; :meth:`run` trains to ``cfg.train.steps`` (or until ``train.max_seconds`` is spent).
 
-    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    ``data`` trains on a data set given here instead of the one ``cfg.data`` names (the 2-D demo's points of an
+    image); ``on_step(stats)`` is called after every optimizer step with its loss, grad_norm and lr."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True, data: TrainingData | None = None,
+                 on_step: Callable[[dict[str, float]], None] | None = None):
+        self.cfg, self.progress, self.on_step = cfg, progress, on_step
+        check_loggers(cfg.train.log)  # a missing extra: one line, before any work
         self.out = Path(cfg.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         latest = self.ckpt_dir / "latest.safetensors"
@@ -125,7 +143,7 @@ class Trainer:
             self.data = trajectory_data(cfg, teacher, progress=progress and self.dist.main)
             self.space = teacher.space
         else:
-            self.data: TrainingData = load_training_data(cfg)
+            self.data: TrainingData = data if data is not None else load_training_data(cfg)
             self.space = build_space(cfg) if self.data.dim is None and not self.autoencoding else None
         if not self.distilling and self.space is not None and self.space.kind == "latent":  # encoded once, cached
             self.data = encode_training_data(self.data, self.space, cfg, progress=progress and self.dist.main)
@@ -146,6 +164,7 @@ class Trainer:
         self.denoiser = build_denoiser(cfg, trained)
         self.schedule = build_schedule(cfg)
         self.ema = EMA(self.net, cfg.train.ema_decay)
+        self._params = list(self.net.parameters())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.order = DataOrder(len(self.data), cfg.train.seed)
@@ -153,6 +172,7 @@ class Trainer:
         self.seconds = 0.0  # wall time spent training, summed over resumes
         self.best_loss, self._window = math.inf, []  # mean loss between checkpoints, for best.safetensors
         self._stop_signal: int | None = None
+        self.log: RunLog | None = None  # the run's loggers, open while :meth:`run` runs
         if resume:
             if not latest.exists():
                 raise UndiffuseError(f"nothing to resume: {latest} does not exist")
@@ -194,21 +214,27 @@ class Trainer:
                                   min_snr_gamma=cfg.diffusion.min_snr_gamma or None)
 
     # ------------------------------------------------------------------ one optimizer step
+    def budget_done(self) -> float:
+        """The fraction of the budget spent: of train.steps or of train.max_seconds, whichever is larger."""
+        t = self.cfg.train
+        return max(self.step / t.steps if t.steps else 0.0, self.seconds / t.max_seconds if t.max_seconds else 0.0)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
+        lr = learning_rate(cfg, self.step, self.budget_done())
         for group_ in self.opt.param_groups:
-            group_["lr"] = learning_rate(cfg, self.step)
+            group_["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         micro = cfg.train.batch_size // cfg.train.grad_accum
         total = 0.0
-        self.net.train()
+        if not self.net.training:  # (a recursive call per step costs a tiny net's run several per cent)
+            self.net.train()
         for m in range(cfg.train.grad_accum):
             loss = self._micro_loss((self.step * cfg.train.grad_accum + m) * micro, micro)
             (loss / cfg.train.grad_accum).backward()
             total += float(loss.detach()) / cfg.train.grad_accum
         total = self.dist.mean(total)
-        clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
+        grad_norm = _grad_norm(self._params, cfg.train.grad_clip)
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             self.skipped += 1  # a non-finite step is skipped, never applied
             self.bad_in_row += 1
@@ -219,7 +245,7 @@ class Trainer:
             self.ema.update(self.net)
             self._window.append(total)
         self.step += 1
-        return {"loss": total, "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1)}
+        return {"loss": total, "grad_norm": grad_norm, "lr": lr}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
@@ -237,18 +263,22 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        log_file = open(self.out / "log.jsonl", "a") if main else open(os.devnull, "w")
-        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.progress and main), unit="step",
-                   dynamic_ncols=True, desc=cfg.name)
+        self.log = RunLog(self.out, cfg.train.log, to_dict(cfg), cfg.name, self.step, enabled=main)
+        by_time = not cfg.train.steps  # a time budget alone: the bar counts seconds
+        bar = tqdm(total=cfg.train.max_seconds if by_time else cfg.train.steps,
+                   initial=int(self.seconds) if by_time else self.step, disable=not (self.progress and main),
+                   unit="s" if by_time else "step", dynamic_ncols=True, desc=cfg.name)
         summary = getattr(getattr(self.data, "data", None), "summary", "")
         if summary:  # skipped input files are named in the run's log too, never lost silently
-            log_file.write(json.dumps({"step": self.step, "data": summary}) + "\n")
+            self.log.line({"step": self.step, "data": summary})
             bar.write(f"data: {summary}")
         t0, step0, seconds0 = time.perf_counter(), self.step, self.seconds
         try:
-            while self.step < cfg.train.steps:
+            while not cfg.train.steps or self.step < cfg.train.steps:
                 if cfg.train.max_seconds and self.dist.any(self.seconds >= cfg.train.max_seconds):
-                    bar.write(f"time budget train.max_seconds = {cfg.train.max_seconds:g} s spent at step {self.step}")
+                    if cfg.train.steps:  # stopped before the step budget (a time budget alone ends here anyway)
+                        bar.write(f"time budget train.max_seconds = {cfg.train.max_seconds:g} s spent at step "
+                                  f"{self.step}")
                     self.save()
                     break
                 stats = self.train_step()
@@ -260,12 +290,13 @@ class Trainer:
                                          "Try a lower train.lr or train.grad_clip > 0")
                 self.seconds = seconds0 + time.perf_counter() - t0
                 rate = (self.step - step0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{rate:.0f}")
+                if self.on_step is not None:
+                    self.on_step(stats)
+                bar.update(int(self.seconds) - bar.n if by_time else 1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                    log_file.write(json.dumps({"step": self.step, **stats, "img_per_s": rate,
-                                               "skipped": self.skipped, "seconds": round(self.seconds, 1)}) + "\n")
-                    log_file.flush()
+                    self.log.metrics(self.step, {**stats, "img_per_s": rate, "skipped": self.skipped,
+                                                 "seconds": round(self.seconds, 1)})
                 if main and cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
                     self.preview()
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
@@ -276,7 +307,7 @@ class Trainer:
                     raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint written to {path}")
         finally:
             bar.close()
-            log_file.close()
+            self.log.close()
         if main:
             self.export()
         self.dist.barrier()
@@ -298,8 +329,21 @@ class Trainer:
                 signal.signal(s, handler)
 
     # ------------------------------------------------------------------ checkpoints
+    def provenance(self) -> dict[str, Any]:
+        """Where a checkpoint comes from, written into its safetensors header (:func:`~undiffuse.checkpoint.
+        save_checkpoint`) and shown by `undiffuse info`: the recipe's hash, the data and its size, the steps taken and
+        the versions that took them."""
+        d = self.cfg.data
+        data = {"toy": f"toy:{d.toy_set}", "folder": f"folder:{d.path}", "audio_folder": f"audio_folder:{d.path}",
+                "clip_folder": f"clip_folder:{d.path}"}.get(d.name, d.name)
+        if self.distilling:
+            data = f"trajectories of {self.cfg.distill.teacher}"
+        return {"recipe_hash": recipe_hash(self.cfg), "data": data, "data_size": len(self.data), "steps": self.step,
+                "undiffuse_version": __version__, "torch_version": torch.__version__}
+
     def _meta(self) -> dict[str, Any]:
-        return {"config": to_dict(self.cfg), "step": self.step, "skipped": self.skipped, "best_loss":
+        return {"config": to_dict(self.cfg), "provenance": self.provenance(), "step": self.step,
+                "skipped": self.skipped, "best_loss":
                 self.best_loss if math.isfinite(self.best_loss) else None,
                 "ema_updates": self.ema.updates, "seconds": self.seconds, "world_size": self.dist.world,
                 "class_names": self.data.class_names[: self.num_classes], "context_dim": self.context_dim,
@@ -422,7 +466,10 @@ class Trainer:
         path = self.out / "samples" / f"step_{self.step:08d}.png"
         params = {"model": cfg.name, "step": self.step, "sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
                   "grid": cfg.sample.grid, "guidance": cfg.sample.guidance, "seeds": f"0-{n - 1}"}
-        save_png(path, make_grid(self.space.picture(x), nrow=per_row if n_cls else None), params)
+        grid = make_grid(self.space.picture(x), nrow=per_row if n_cls else None)
+        save_png(path, grid, params)
+        if self.log is not None:
+            self.log.image(self.step, "samples", grid)
         if self.space.kind == "spectrogram":  # and hear them: the clips in a row, class by class
             write_wav_sequence(path.with_suffix(".wav"), self.space.decode(x), self.space.rate, params)
         return path
@@ -435,10 +482,23 @@ class Trainer:
         model = self.ema.model.eval()
         recon = model.decode(model.encode(x)[0]).clamp(-1, 1)
         path = self.out / "samples" / f"step_{self.step:08d}.png"
-        save_png(path, make_grid(torch.cat([x, recon]), nrow=len(x)), {
-            "model": self.cfg.name, "step": self.step, "rows": "training images; their reconstructions",
-            "psnr": f"{float(psnr(recon, x).mean()):.2f}"})
+        grid = make_grid(torch.cat([x, recon]), nrow=len(x))
+        save_png(path, grid, {"model": self.cfg.name, "step": self.step, "rows": "training images; their "
+                              "reconstructions", "psnr": f"{float(psnr(recon, x).mean()):.2f}"})
+        if self.log is not None:
+            self.log.image(self.step, "reconstructions", grid)
         return path
+
+
+def _grad_norm(params: list[Tensor], clip: float) -> float:
+    """The global gradient norm, after clipping it to ``clip`` (> 0). Without clipping only the norm is taken:
+    scaling every gradient by 1 costs a tiny net's step 5 %."""
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
 
 def _check_writable(out: Path) -> None:

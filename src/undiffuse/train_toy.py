@@ -1,4 +1,8 @@
-"""Train a small diffusion model on a 2-D toy distribution: the training loop, top to bottom.
+"""Train a small diffusion model on a 2-D toy distribution: a recipe for the one training loop.
+
+The toy run is :class:`~undiffuse.train.Trainer` on a recipe made here (:func:`toy_recipe`): the same loop, the
+same checkpoints, resume and log as every other model, with a time budget and a linearly decaying learning rate
+as Trainer options (``train.max_seconds``, ``train.lr_schedule``).
 
 EDM preconditioning with its log-normal σ density (Karras et al. 2022, Table 1) gives clean
 samples of every toy set in about a minute on two CPU cores; a DDPM ε-network on the linear
@@ -9,22 +13,22 @@ magnifies the ε error 157-fold).
 from __future__ import annotations
 
 import math
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .data import toy_dataset
+from .config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+from .data.training import PointData
 from .denoiser import EDMDenoiser
-from .ema import EMA
 from .errors import UndiffuseError
-from .losses import denoising_loss
+from .models import build_denoiser
 from .nets import MLP
-from .process import sample_sigma_lognormal
+from .train import Interrupted, Trainer
 
 
 @dataclass
@@ -60,12 +64,30 @@ class ToyRun:
 
     denoiser: EDMDenoiser
     config: ToyConfig
-    losses: list[float] = field(default_factory=list)  # one per step
-    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # one per step taken by this call (a resumed run: since resume)
+    seconds: float = 0.0                                # training time, summed over resumes
+    steps: int = 0                                      # optimizer steps, summed over resumes
+    out_dir: Path | None = None                         # the run folder, where one was given
 
-    @property
-    def steps(self) -> int:
-        return len(self.losses)
+
+CHECKPOINT_EVERY = 1000  # steps; a checkpoint of this MLP is a few MB, written in milliseconds
+
+
+def toy_recipe(config: ToyConfig, out_dir: str | Path = "runs/toy") -> Config:
+    """The toy run as a recipe of the one training loop: an MLP with EDM preconditioning on ``config.data``, fp32,
+    no gradient clipping, warm-up then the rate decayed linearly to 10 % over the budget (steps or seconds)."""
+    return Config(
+        name=f"toy-{config.data}", out_dir=str(out_dir),
+        data=DataConfig(name="toy", toy_set=config.data, toy_size=config.n_data, conditional=False),
+        model=ModelConfig(backbone="mlp", channels=config.width, mlp_depth=config.depth, dropout=0.0),
+        diffusion=DiffusionConfig(parameterization="edm", sigma_data=config.sigma_data, p_mean=config.p_mean,
+                                  p_std=config.p_std),
+        train=TrainConfig(steps=config.steps or 0, max_seconds=config.seconds or 0.0, batch_size=config.batch_size,
+                          lr=config.lr, warmup=config.warmup, lr_schedule="linear", lr_final=0.1, weight_decay=0.0,
+                          grad_clip=0.0, ema_decay=config.ema_decay, label_dropout=0.0, bf16=False, seed=config.seed,
+                          log_every=100, sample_every=0, checkpoint_every=CHECKPOINT_EVERY, threads=0),
+        sample=SampleConfig(sampler="dpmpp_2m", steps=30, grid="karras", guidance=1.0),
+    ).validate()
 
 
 def make_toy_denoiser(config: ToyConfig) -> EDMDenoiser:
@@ -87,55 +109,32 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_toy(config: ToyConfig, progress: bool = True, points: Tensor | None = None) -> ToyRun:
+def train_toy(config: ToyConfig, progress: bool = True, points: Tensor | None = None,
+              out_dir: str | Path | None = None, resume: bool = False) -> ToyRun:
     """Train on ``config.data`` (or on ``points`` (N, 2), scaled to unit standard deviation) and return
-    the EMA weights' denoiser (in eval mode)."""
+    the EMA weights' denoiser (in eval mode).
+
+    ``out_dir`` keeps the run (checkpoints, log.jsonl, config.json, model.safetensors: ``undiffuse sample`` and
+    ``evaluate`` take it; ``resume`` continues it); without one it lives in a temporary folder, removed after."""
     if points is not None and (points.ndim != 2 or points.shape[1] != 2 or len(points) < 2):
         raise UndiffuseError(f"points must have shape (N ≥ 2, 2), got {tuple(points.shape)}")
-    with torch_threads(config.threads):
-        return _train(config, progress, points)
-
-
-def _train(config: ToyConfig, progress: bool, points: Tensor | None) -> ToyRun:
-    x_train = points.float() if points is not None else toy_dataset(config.data, config.n_data, seed=config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)                                           # the initial weights
-    denoiser = make_toy_denoiser(config).train()
-    ema = EMA(denoiser, config.ema_decay)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=0.0)
-    run = ToyRun(ema.model, config)
-
-    by_time = config.steps is None
-    bar = tqdm(total=config.seconds if by_time else config.steps, disable=None if progress else True, leave=False,
-               desc=f"training on {config.data}", unit="s" if by_time else "steps", mininterval=0.5,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit}{postfix}")
-    start = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - start
-        done = max(elapsed / config.seconds if config.seconds else 0.0,
-                   run.steps / config.steps if config.steps else 0.0)      # fraction of the budget used
-        if done >= 1:
-            break
-        # Draw a batch and noise levels, take one AdamW step on the denoising loss, update the EMA.
-        x0 = x_train[torch.randint(0, len(x_train), (config.batch_size,), generator=gen)]  # (B, 2)
-        sigma = sample_sigma_lognormal(config.batch_size, config.p_mean, config.p_std, generator=gen).float()
-        noise = torch.randn(x0.shape, generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = config.lr * min(1.0, (run.steps + 1) / config.warmup) * (1 - 0.9 * done)
-        loss = denoising_loss(denoiser, x0, sigma, noise=noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(denoiser)
-        run.losses.append(loss.item())
-
-        if run.steps % 25 == 0:
-            recent = run.losses[-100:]
-            bar.set_postfix_str(f"loss {sum(recent) / len(recent):.3f}, {run.steps} steps, "
-                                f"{run.steps / max(elapsed, 1e-9):.0f} steps/s")
-            bar.update((elapsed if by_time else run.steps) - bar.n)
-    bar.close()
-    run.seconds = time.perf_counter() - start
-    if not all(math.isfinite(v) for v in run.losses[-10:]):
+    if resume and out_dir is None:
+        raise UndiffuseError("resume needs the out_dir of the run to continue")
+    data = PointData(points.float()) if points is not None else None
+    with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="undiffuse-toy-") as tmp:
+        cfg = toy_recipe(config, out_dir if out_dir is not None else Path(tmp) / "run")
+        losses: list[float] = []
+        trainer = Trainer(cfg, resume=resume, progress=progress, data=data,
+                          on_step=lambda stats: losses.append(stats["loss"]))
+        try:
+            trainer.run()
+        except Interrupted:
+            if out_dir is not None:
+                raise
+            raise Interrupted(f"training stopped by a signal at step {trainer.step}; nothing was kept (give an "
+                              "out_dir to resume a run)") from None
+    if not all(math.isfinite(v) for v in losses[-10:]):
         raise UndiffuseError("training diverged (the loss is not finite); try a smaller --lr")
-    return run
+    denoiser = build_denoiser(cfg, trainer.ema.model).eval()
+    return ToyRun(denoiser, config, losses, trainer.seconds, trainer.step,
+                  Path(out_dir) if out_dir is not None else None)

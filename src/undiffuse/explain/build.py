@@ -248,7 +248,10 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     steps.update()
 
     # 7. guidance ------------------------------------------------------------------------------
-    if m.num_classes:
+    if m.num_classes and m.meta.get("unguided"):  # e.g. a diffusers class model trained without a null label
+        paragraphs, pics = ["This model has classes but no \"no class\" token to guide against: it is shown at "
+                            "guidance 1, the plain conditional model."], []
+    elif m.num_classes:
         scales = (0.0, 1.0, 2.0, 4.0, 7.0)
         chosen = list(range(min(m.num_classes, 4)))
         grid = reverse.guidance_grid(m, seed, chosen, scales)

@@ -171,17 +171,97 @@ def register(name: str, *, order: int | None, stochastic: bool, adaptive: bool =
 
 
 def get(name: str) -> Callable[..., Tensor]:
-    """The sampler registered under ``name``."""
+    """The sampler registered under ``name`` (or a web-UI name of it, :func:`resolve`)."""
     return info(name).fn
 
 
 def info(name: str) -> SamplerInfo:
-    """Registry entry (order, stochastic, summary) of a sampler."""
-    if name not in _REGISTRY:
-        raise UndiffuseError(f"unknown sampler {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]
+    """Registry entry (order, stochastic, summary) of a sampler, by its name or a web-UI name of it.
+
+    A name that also picks a σ grid ("DPM++ 2M Karras") is refused here, where the grid would be lost: it is
+    accepted where a grid is chosen too (:func:`resolve`, as `undiffuse sample` and the studio do)."""
+    canonical, grid = resolve(name)
+    if grid is not None:
+        raise UndiffuseError(f"{name!r} names a sampler and a σ grid ({canonical} on the {grid} grid); here give the "
+                             f"sampler alone: {canonical!r} (or {WEBUI_NAMES.get(canonical, canonical)!r})")
+    return _REGISTRY[canonical]
 
 
 def names() -> list[str]:
     """All registered sampler names, in registration order."""
     return list(_REGISTRY)
+
+
+# ------------------------------------------------------------------ the names people know
+# The web UIs' names (AUTOMATIC1111's sampler dropdown, ComfyUI's KSampler) of the samplers registered here. The
+# algorithms match; their default options are ours (e.g. unipc's variant "bh2", where A1111 defaults to "bh1"), and
+# noise is a fresh N(0, I) draw per step where k-diffusion's SDE samplers may draw a Brownian tree: the same
+# distribution, not the same numbers. There is no "DPM++ SDE", "DPM++ 2S a", "DPM2 a", "DPM fast", "Restart" or
+# "PLMS" here: those names are unknown, never mapped to a neighbour.
+WEBUI_NAMES: dict[str, str] = {   # our name → A1111's label (what the PNG infotext writes)
+    "ddpm": "DDPM", "ddim": "DDIM", "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun",
+    "dpm_2": "DPM2", "lms": "LMS", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE", "unipc": "UniPC", "adaptive": "DPM adaptive", "consistency": "LCM",
+}
+_OTHER_NAMES: dict[str, str] = {  # ComfyUI's KSAMPLER_NAMES where they differ from ours, and A1111's old k_ aliases
+    "dpm_adaptive": "adaptive", "uni_pc": "unipc", "lcm": "consistency", "k_euler": "euler",
+    "k_euler_a": "euler_ancestral", "k_heun": "heun", "k_dpm_2": "dpm_2", "k_lms": "lms", "k_dpmpp_2m": "dpmpp_2m",
+}
+# σ grids under the web UIs' scheduler names. Karras and Exponential are the same formulas over the model's σ range.
+# ComfyUI's uniform-in-t schedulers are the same spacing rules on the chain's integer steps: "simple" starts at
+# t = T-1 in steps of T/n (trailing), "ddim_uniform" at the start in steps of T/n (leading; ComfyUI offsets it by
+# one step), "normal" spreads n steps over the whole chain (linspace; ComfyUI interpolates fractional t, we round).
+WEBUI_GRIDS: dict[str, str] = {"karras": "Karras", "exponential": "Exponential"}  # our grid → A1111's label
+_GRID_NAMES: dict[str, str] = {"karras": "karras", "exponential": "exponential", "simple": "trailing",
+                               "ddim_uniform": "leading", "normal": "linspace"}
+_KA_SUFFIX = "_ka"  # A1111's old aliases for the Karras variants: k_dpmpp_2m_ka, k_lms_ka, …
+
+
+def _key(name: str) -> str:
+    """Names compare without case and with runs of spaces as one ("euler A" is "Euler a")."""
+    return " ".join(str(name).split()).lower()
+
+
+def _sampler_table() -> dict[str, str]:
+    """Every accepted sampler name (as :func:`_key` gives it) → the registered name, for the samplers that exist."""
+    table = {_key(n): n for n in _REGISTRY}
+    table.update({_key(label): n for n, label in WEBUI_NAMES.items() if n in _REGISTRY})
+    table.update({_key(alias): n for alias, n in _OTHER_NAMES.items() if n in _REGISTRY})
+    return table
+
+
+def resolve(name: str) -> tuple[str, str | None]:
+    """(registered sampler name, the σ grid the name picks or None) of a name as our CLI or a web UI writes it:
+    ``dpmpp_2m``, ``"DPM++ 2M"``, ``"DPM++ 2M Karras"`` (→ the karras grid), ``"Euler a"``, ComfyUI's ``uni_pc``,
+    A1111's ``k_dpmpp_2m_ka``. Case and repeated spaces do not matter; an unknown name is refused, naming the known
+    ones."""
+    table, key = _sampler_table(), _key(name)
+    if key in table:
+        return table[key], None
+    for suffix, grid in ((" karras", "karras"), (" exponential", "exponential"), (_KA_SUFFIX, "karras")):
+        if key.endswith(suffix) and key[: -len(suffix)] in table:
+            return table[key[: -len(suffix)]], grid
+    webui = [WEBUI_NAMES[n] for n in _REGISTRY if n in WEBUI_NAMES]
+    raise UndiffuseError(f"unknown sampler {name!r}; known: {', '.join(names())} (or as the web UIs name them: "
+                         f"{', '.join(webui)}, with ' Karras' or ' Exponential' to pick the σ grid)")
+
+
+def resolve_grid(name: str) -> str:
+    """Our σ grid name of a grid named as we or a web UI do ("Karras", ComfyUI's "simple"); other names pass through
+    unchanged (the grid builder refuses an unknown one, naming the known ones)."""
+    return _GRID_NAMES.get(_key(name), name)
+
+
+def webui_name(name: str) -> str:
+    """A1111's label of a sampler ("DPM++ 2M" for dpmpp_2m); a name without one is returned as it is."""
+    try:
+        canonical, _ = resolve(name)
+    except UndiffuseError:
+        return name
+    return WEBUI_NAMES.get(canonical, canonical)
+
+
+def aliases(name: str) -> list[str]:
+    """Every other name that :func:`resolve` maps to sampler ``name`` alone (not the grid-picking ones)."""
+    webui = [WEBUI_NAMES[name]] if name in WEBUI_NAMES else []
+    return webui + [alias for alias, n in _OTHER_NAMES.items() if n == name]
