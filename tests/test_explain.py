@@ -15,12 +15,20 @@ from typer.testing import CliRunner
 
 from undiffuse.cli import app
 from undiffuse.data.audio import read_wav_params
+from undiffuse.evaluation.evaluate import image_likelihood
+from undiffuse.explain.encoding import model_image
 from undiffuse.explain.forward import chain_vs_closed_form, two_pixel_walks
+from undiffuse.explain.maths import LIKELIHOOD_SETTINGS, held_out_images
+from undiffuse.explain.reverse import training_images
+from undiffuse.models import load_model
 from undiffuse.explain.physics import image_to_points
 from undiffuse.process import DiscreteSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["physics", "chain", "two-pixels", "unet", "new", "samplers", "guidance", "sound", "video"]
+SECTIONS = ["physics", "chain", "two-pixels", "per-pixel", "unet", "reverse-steps", "new", "samplers", "encoding",
+            "interpolation", "guidance", "sound", "video", "maths"]
+LEVEL_OF = {"physics": 1, "new": 1, "chain": 2, "two-pixels": 3, "per-pixel": 3, "unet": 4, "reverse-steps": 4,
+            "samplers": 4, "encoding": 4, "interpolation": 4, "guidance": 4, "sound": 4, "video": 4, "maths": 5}
 pytest.importorskip("sklearn")
 
 
@@ -48,9 +56,16 @@ def referenced_files(html: str) -> list[str]:
 def test_page_has_every_section_and_every_picture_decodes(page):
     html = page.read_text()
     for sid in SECTIONS:
-        assert f'<section id="{sid}">' in html
+        assert f'<section id="{sid}" data-level="{LEVEL_OF[sid]}">' in html
+    order = [int(v) for v in re.findall(r'<section id="[^"]+" data-level="(\d)"', html)]
+    assert order == sorted(order) and set(order) == {1, 2, 3, 4, 5}       # sections by level, every level
     files = referenced_files(html)
     assert len(files) >= 12 + 20        # figures, GIFs, and the slider's frames
+    for name in ("encoding.png", "interpolation.png", "pixels.png", "pixels-acf.png", "pixels-changed.png",
+                 "order.png"):
+        assert name in files
+    with Image.open(page.parent / "pixels.png") as im:                  # true resolution: 4 images of 8×8, 2 px gaps
+        assert im.size == (4 * 8 + 5 * 2, 8 + 2 * 2)
     for name in files:
         with Image.open(page.parent / name) as im:
             im.load()
@@ -81,6 +96,26 @@ def test_page_numbers_are_computed(page):
         assert row["var"] == pytest.approx(row["expected_var"], rel=0.06)
         assert f"{row['var']:.4f}" in html
     assert abs(numbers["two_pixels"]["noise"]["neighbour_correlation"]) < 0.05
+    px = numbers["per_pixel"]                      # per-pixel noise: neighbours uncorrelated; 3×3 splats: 2/3
+    assert abs(px["neighbour_correlation"]) < 0.02 and abs(px["splat_neighbour_correlation"] - 2 / 3) < 0.03
+    assert px["changed_min"] == px["changed_max"] == px["pixels"] == 64
+    assert f"{px['neighbour_correlation']:+.4f}" in html and f"{px['splat_neighbour_correlation']:.3f}" in html
+    enc = numbers["encoding"]                      # even a barely trained model's ODE can be run backwards
+    assert enc["reconstruction_rms"] < enc["bound"] and enc["reconstruction_rms"] < enc["fresh_rms"] / 5
+    assert f"{enc['reconstruction_rms']:.3f}" in html
+    assert numbers["interpolation"]["endpoint_rms"] == [0.0, 0.0]
+    fresh = numbers["reverse_steps"]["fresh"]      # DDIM adds no fresh noise; DDPM's is N(0, 1)
+    assert fresh["ddim"]["max_abs_fresh"] < 1e-4 and abs(fresh["ddpm"]["std"] - 1) < 0.15
+    # level 5: bits/dim as `undiffuse evaluate --likelihood` computes them on the same images
+    model = load_model(page.parent.parent / "run")
+    real, label, _ = model_image(model, training_images(model)[0][0])
+    images, labels = held_out_images(model, real, int(training_images(model)[1][0]), LIKELIHOOD_SETTINGS.likelihood)
+    again = image_likelihood(model, images, labels, LIKELIHOOD_SETTINGS, progress=False)
+    lik = numbers["maths"]["likelihood"]
+    assert lik["vlb"]["bits_per_dim"] == pytest.approx(again["vlb"]["bits_per_dim"], rel=1e-6)
+    assert lik["ode"]["bits_per_dim"] == pytest.approx(again["ode"]["bits_per_dim"], rel=1e-3)
+    assert f"{lik['ode']['bits_per_dim']:.2f} bits/dim" in html
+    assert set(numbers["maths"]["order"]) == {"ddim", "dpmpp_2m"}
     assert numbers["video"]["frames"] == 4 and numbers["video"]["reverse_steps"] == 3
     assert numbers["video"]["clip"].startswith("a real clip: a ")          # a moving-sprites test clip
 
@@ -136,6 +171,24 @@ def test_page_in_headless_chromium(page, tmp_path):
         tab.wait_for_function("(() => { const i = document.querySelector('#reverse-slider img');"
                               " return i.complete && i.naturalWidth > 0; })()", timeout=30_000)
         assert "step 6/" in tab.locator("#reverse-slider output").inner_text()
+        for box in tab.locator("[data-frames]").all():            # every slider moves to its last frame
+            frames = json.loads(box.get_attribute("data-frames"))
+            box.locator("input").focus()
+            box.locator("input").press("End")
+            assert box.locator("img").get_attribute("src") == frames[-1]
+        n_steps = len(json.loads(tab.locator("#steps-slider").get_attribute("data-frames")))
+        assert tab.locator("#steps-slider output").inner_text().startswith(f"step {n_steps}/")
+        # the table of contents by level: one entry per level with its sections; each link scrolls to its target
+        levels = tab.evaluate("[...document.querySelectorAll('#toc li')].map(li => li.dataset.level)")
+        assert levels == ["1", "2", "3", "4", "5"]
+        for target in ("level-3", "per-pixel", "encoding", "level-1"):
+            tab.locator(f'#toc a[href="#{target}"]').click()
+            tab.wait_for_function(f"location.hash === '#{target}'")
+            top = tab.evaluate(f"document.getElementById('{target}').getBoundingClientRect().top")
+            assert abs(top) < 5, (target, top)
+        level_of = tab.evaluate("Object.fromEntries([...document.querySelectorAll('#toc li')].flatMap(li => [..."
+                                "li.querySelectorAll('a')].slice(1).map(a => [a.hash.slice(1), +li.dataset.level])))")
+        assert level_of == {sid: LEVEL_OF[sid] for sid in SECTIONS}
         # every sound player has loaded its WAV: metadata read, a duration of one clip (0.512 s)
         tab.wait_for_function("[...document.querySelectorAll('audio')].every(a => a.readyState >= 1)",
                               timeout=30_000)

@@ -18,7 +18,10 @@ from ..images import make_grid, save_png, to_uint8
 from ..models import LoadedModel, load_model
 from ..plots import save_figure
 from ..process import DiscreteSchedule
-from . import forward, latent, physics, reverse
+from . import encoding, forward, latent, physics, reverse
+from .maths import maths_section
+from .pixels import pixels_section
+from .reverse_steps import reverse_steps_section
 from .page import Picture, Section, Slider, render
 
 DISPLAY = 96           # pixels of the forward-process pictures
@@ -68,7 +71,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     channels = m.config.data.channels
     t_start = time.perf_counter()
     numbers: dict = {"model": m.source}
-    steps = tqdm(total=7 + (heard is not None) + (seen is not None), desc="explain", unit="section",
+    steps = tqdm(total=12 + (heard is not None) + (seen is not None), desc="explain", unit="section",
                  disable=not progress)
 
     try:
@@ -85,6 +88,9 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         shown = reverse.reverse_path(m, reverse.request(m, seed=seed)).final
         image_note = "an image the model drew"
     params = {"model": m.source, "seed": seed}
+    real, real_label, real_note = encoding.model_image(m, train[0] if train is not None else shown, image)
+    if real_label is None and m.num_classes and train_labels is not None and image is None:
+        real_label = int(train_labels[0]) if int(train_labels[0]) >= 0 else None
     sections = []
 
     # 1. physics -------------------------------------------------------------------------------
@@ -101,7 +107,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         "and following it step by step (bottom row, right to left) gathers them back into the shape: new "
         "particles, not the old ones."],
         [Picture(_fig(out, "physics.png", physics.plot_physics(ph), params),
-                 "Top: the forward process on the image's particles. Bottom: the learned reverse process.")]))
+                 "Top: the forward process on the image's particles. Bottom: the learned reverse process.")], level=1))
     steps.update()
 
     # 2. the chain -----------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
          Picture(_fig(out, "schedules.png", forward.plot_schedules(), params),
                  "The linear (DDPM) and cosine (improved DDPM) schedules: β, ᾱ and the signal-to-noise ratio. "
                  "The cosine schedule destroys information more evenly over t.")],
-        (["t", "ᾱ_t", "1-ᾱ_t", "chain: measured variance", "closed form: measured variance"], rows)))
+        (["t", "ᾱ_t", "1-ᾱ_t", "chain: measured variance", "closed form: measured variance"], rows), level=2))
     steps.update()
 
     # 3. two pixels ----------------------------------------------------------------------------
@@ -160,7 +166,9 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         [Picture(_fig(out, "two-pixels.png", forward.plot_two_pixels(two), params),
                  "The two-pixel image as a point: one step, one chain, many chains."),
          Picture(_fig(out, "noise.png", noise_fig, params), "Gaussian noise, pixel by pixel.")],
-        (["t", "1-ᾱ_t", "measured variance", "√ᾱ_t x₀", "measured mean"], rows)))
+        (["t", "1-ᾱ_t", "measured variance", "√ᾱ_t x₀", "measured mean"], rows), level=3))
+    steps.update()
+    sections.append(pixels_section(real, real_note, out, params, numbers, seed))  # 3b. per pixel, not splats
     steps.update()
 
     # 4. the U-Net -----------------------------------------------------------------------------
@@ -203,12 +211,14 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
          "the estimate.") if dit else
         ("The network is a U-Net: convolutions at full resolution, down-sampling to coarser grids where "
          "attention can see the whole image, and back up, with skip connections carrying the fine detail "
-         "across. The noise level enters every residual block by scale and shift.")], pictures))
+         "across. The noise level enters every residual block by scale and shift.")], pictures, level=4))
     steps.update()
 
     if m.space.kind == "latent":  # 4b. the latent space ----------------------------------------------------
         sections.append(_latent_section(m, train[0] if train is not None else path.final, path, out, params,
                                         numbers))
+    sections.append(reverse_steps_section(m, out, params, numbers, seed, label))  # 4c. DDPM and DDIM step by step
+    steps.update()
 
     # 5. new images ----------------------------------------------------------------------------
     seeds = list(range(seed, seed + 8))
@@ -229,7 +239,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     sections.append(Section("new", "Why the image is new", [
         "Sampling starts from fresh random noise: a different seed, a different starting point, and the "
         "deterministic or random path from it ends at a different image. The network never stored its "
-        "training images; it learned, for every noise level, what images in general look like.", text], pics))
+        "training images; it learned, for every noise level, what images in general look like.", text], pics, level=1))
     steps.update()
 
     # 6. samplers ------------------------------------------------------------------------------
@@ -244,7 +254,15 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         "still at very few steps. All three start from the same noise; each picture carries its wall time."],
         [Picture(_fig(out, "samplers.png", reverse.plot_samplers(runs), params),
                  "One seed, three samplers, 5 to 100 steps (DDPM and DDIM on evenly spaced t, DPM-Solver++ on "
-                 "the Karras σ grid).")]))
+                 "the Karras σ grid).")], level=4))
+    steps.update()
+
+    # 6b. the noise as an encoding, and interpolation -------------------------------------------------------
+    sections.append(encoding.encoding_section(m, real, real_label, real_note, out, params, numbers, seed))
+    steps.update()
+    sections.append(encoding.interpolation_section(m, label, out, params, numbers, seed))
+    steps.update()
+    sections.append(maths_section(m, real, real_label, out, params, numbers, seed))  # level 5: the maths, computed
     steps.update()
 
     # 7. guidance ------------------------------------------------------------------------------
@@ -265,7 +283,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                         "One seed per row at guidance scales w.")]
     else:
         paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
-    sections.append(Section("guidance", "Guidance", paragraphs, pics))
+    sections.append(Section("guidance", "Guidance", paragraphs, pics, level=4))
     steps.update()
 
     if heard is not None:  # 8. sound -------------------------------------------------------------------
@@ -309,7 +327,7 @@ def _latent_section(m: LoadedModel, image: Tensor, path: reverse.ReversePath, ou
         [Picture(_fig(out, "latent.png", latent.plot_latent(view), params),
                  "An image, its latent channels, and the decoded image."),
          Picture(_fig(out, "latent-reverse.png", fig, params),
-                 "The reverse process in the latent space, decoded at a few of its steps.")])
+                 "The reverse process in the latent space, decoded at a few of its steps.")], level=4)
 
 
 def _class_text(m: LoadedModel, label: int | None) -> str:

@@ -144,4 +144,4 @@ def sound_section(model: LoadedModel, out, params: dict, numbers: dict, seed: in
          *sounds,
          Picture("sound-noised.png", "The spectrogram with noise of σ added to every cell."),
          Picture("sound-reverse.png", "The reverse process: the state at a few of its steps."),
-         *reverse_sounds])
+         *reverse_sounds], level=4)

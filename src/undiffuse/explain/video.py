@@ -98,4 +98,4 @@ def video_section(model: LoadedModel, out, params: dict, numbers: dict, seed: in
          Picture("video-noised.png", "The clip with noise of σ added to every pixel of every frame."),
          Picture("video-reverse.png", "The reverse process: the whole clip at a few of its steps."),
          Picture("video-estimates.png", "The estimate of the clean clip at the same steps."),
-         Picture("video-sample.gif", "The sample.", pixels=True)])
+         Picture("video-sample.gif", "The sample.", pixels=True)], level=4)
