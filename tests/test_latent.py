@@ -164,7 +164,7 @@ def test_explain_page_of_a_latent_dit_has_the_latent_section(latent_root, tmp_pa
                     progress=False)
         page = build_explainer(str(run), out=tmp_path / "page", physics_seconds=1, progress=False)
     html = page.read_text()
-    assert '<section id="latent">' in html and "Undoing the noise with a transformer" in html
+    assert '<section id="latent" data-level="4">' in html and "Undoing the noise with a transformer" in html
     for name in ("latent.png", "latent-reverse.png", "frames/reverse_000.png"):
         with Image.open(page.parent / name) as im:
             im.load()
