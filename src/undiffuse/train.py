@@ -496,9 +496,7 @@ def _grad_norm(params: list[Tensor], clip: float) -> float:
     if clip > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, clip))
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def _check_writable(out: Path) -> None:
