@@ -8,8 +8,12 @@ import torch
 
 from undiffuse.explain.encoding import (RECONSTRUCTION_BOUND, ddim_invert, encode_and_decode, interpolate,
                                         model_image, slerp)
-from undiffuse.explain.maths import ORDER_SAMPLERS, sampler_order
+from undiffuse.analytic import GaussianDenoiser
+from undiffuse.explain.maths import ORDER_SAMPLERS, flow_path, sampler_order
+from undiffuse.process import sigmas_karras
+from undiffuse.samplers import make_generators, randn
 from undiffuse.explain.page import LEVELS, Section, render
+from undiffuse.explain.prompt import AttentionRecorder, guided_steps, prompt_words
 from undiffuse.explain.pixels import autocorrelation, per_pixel, splat_noise
 from undiffuse.explain.reverse_steps import SAMPLERS, step_parts
 from undiffuse.models import load_model
@@ -121,3 +125,42 @@ def test_sampler_order_measured_on_the_model(fashion):
     assert 0.7 < fit.order["ddim"] < 1.3                       # Euler on the probability-flow ODE: first order
     assert fit.order["dpmpp_2m"] > 1.5                          # second order (Lu et al. 2022)
     assert all(a > b for e in fit.errors.values() for a, b in zip(e, e[1:]))   # more steps, less error
+
+
+def test_ode_and_sde_paths_keep_the_gaussian_marginals():
+    """For data N(0, s²) both the probability-flow ODE and the reverse SDE from the same noises end at N(0, s²);
+    the ODE's sample is a function of its noise (x(0) = x(σ_max) s/√(σ_max² + s²)), the SDE's is not."""
+    s, n = 0.5, 2000
+    D = GaussianDenoiser(0.0, s)
+    sigmas = sigmas_karras(100, 0.002, 80.0)
+    start = randn((n, 1, 1, 1), make_generators(range(n))) * 80.0
+    ode = flow_path(D, start, sigmas, None, "ode", make_generators(range(n, 2 * n)))
+    sde = flow_path(D, start, sigmas, None, "sde", make_generators(range(n, 2 * n)))
+    assert ode.shape == sde.shape == (101, n, 1, 1, 1)
+    assert float(ode[0].std()) == pytest.approx(1.0, abs=0.05)          # the first state at VP scale: ~N(0, 1)
+    for path in (ode, sde):
+        assert float(path[-1].std()) == pytest.approx(s, rel=0.06) and abs(float(path[-1].mean())) < 0.05
+    exact = start * s / math.sqrt(80.0**2 + s**2)
+    assert torch.allclose(ode[-1], exact, rtol=0.05, atol=1e-3)         # Euler, first order: a few % at 100 steps
+    assert float((sde[-1] - exact).pow(2).mean().sqrt()) > 0.5 * s      # the SDE's noise decides much of its end
+    jitter = {k: float(p[:-1].diff(n=2, dim=0).abs().mean()) for k, p in (("ode", ode), ("sde", sde))}
+    assert jitter["sde"] > 5 * jitter["ode"]                           # the SDE's path jitters, the ODE's is smooth
+
+
+def test_the_prompt_steers_through_guidance_and_cross_attention():
+    emoji = load_model("emoji-dit")
+    assert [w for w, _ in prompt_words(emoji, "a red heart")] == ["red", "heart"]
+    assert [w for w, _ in prompt_words(emoji, "an umbrella")] == ["umbrella"]     # word pieces joined
+    recorder = AttentionRecorder(emoji.denoiser.net)
+    try:
+        g, maps = guided_steps(emoji, "a red heart", seed=0, shown=3, recorder=recorder)
+    finally:
+        recorder.close()
+    assert len(g.sigmas) == len(maps) == 3 and g.guided.shape == (3, 3, 64, 64)
+    assert g.mix_error < 1e-4                       # D(∅) + w (D(prompt) - D(∅)) is what the sampler followed
+    assert g.direction[0] > 10 * g.direction[-1]    # the prompt pulls hard early, hardly at the end
+    mask = emoji.text_encoder()(["a red heart"]).mask[0]
+    for m in maps:                                  # each patch's attention: a distribution over the real tokens
+        assert m.shape == (64, len(mask))
+        assert torch.allclose(m.sum(-1), torch.ones(64), atol=1e-4) and float(m[:, ~mask].abs().max()) == 0
+    assert all(not layer._forward_hooks for layer in recorder.layers)

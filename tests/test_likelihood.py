@@ -8,7 +8,7 @@ import torch
 from undiffuse.analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from undiffuse.denoiser import EDMDenoiser, VPDenoiser
 from undiffuse.errors import UndiffuseError
-from undiffuse.evaluation.likelihood import (_term_nats, exact_nll, ode_bits_per_dim, ode_log_likelihood,
+from undiffuse.evaluation.likelihood import (_term_nats, vlb_terms, exact_nll, ode_bits_per_dim, ode_log_likelihood,
                                              vlb_bits_per_dim)
 from undiffuse.process import DiscreteSchedule
 
@@ -253,3 +253,29 @@ def test_errors_are_one_line():
     _err(lambda: ode_bits_per_dim(D, good - 2.5, 0.1, 1.0, progress=False), r"must lie in \[-1, 1\]")
     _err(lambda: ode_bits_per_dim(D, good.long(), 0.1, 1.0, progress=False), "uint8 levels or floats")
     _err(lambda: exact_nll(D, x, 3.0, 0.1, 1.0), "true_log_density")
+
+
+def test_vlb_terms_are_the_bound_step_by_step():
+    """With a denoiser that knows x_0 the terms have no noise: step by step they are the full bound's terms, and an
+    error δ in x̂_0 costs exactly λ_t ‖ε - ε̂‖² nats more at step t (the ELBO as a weighted ε-loss)."""
+    class Oracle(torch.nn.Module):
+        def __init__(self, delta: float):
+            super().__init__()
+            self.delta = delta
+
+        def forward(self, x, sigma, cond):
+            return cond.to(x.dtype) + self.delta
+
+    x0, _ = discretised_gaussian(32, 16, seed=3)
+    oracle = Oracle(0.0)
+    full = vlb_bits_per_dim(oracle, LINEAR, x0, x0, batch_size=50_000, generator=gen(1), progress=False)
+    t = torch.arange(LINEAR.T)
+    terms = vlb_terms(oracle, LINEAR, x0, t, x0)
+    assert float(terms.bits[0]) == pytest.approx(full.decoder, rel=1e-6)
+    assert float(terms.bits[1:].sum()) == pytest.approx(full.diffusion, rel=1e-6)
+    off = vlb_terms(Oracle(0.01), LINEAR, x0, t, x0)
+    extra_nats = (off.bits - terms.bits)[1:] * 16 * math.log(2)
+    assert torch.allclose(extra_nats, (off.weight * off.eps_mse)[1:] * 16, rtol=1e-3)
+    assert off.weight[0] == 0 and bool((off.weight[1:] > 0).all())
+    with pytest.raises(UndiffuseError, match="chain steps"):
+        vlb_terms(oracle, LINEAR, x0, torch.tensor([LINEAR.T]), x0)

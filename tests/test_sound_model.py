@@ -14,7 +14,7 @@ from undiffuse.data.audio import read_wav_params
 from undiffuse.data.sound import load_sound_images
 from undiffuse.errors import UndiffuseError
 
-from conftest import LENGTH, RATE, sound_config, tone_folder
+from conftest import LENGTH, RATE, ROOT, sound_config, tone_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -174,3 +174,22 @@ def test_guidance_without_label_dropout_is_refused(tmp_path):
         load_config(config)
     config.write_text(config.read_text().replace("guidance = 2.0", "guidance = 1.0"))
     assert load_config(config).train.label_dropout == 0.0
+
+
+def test_spoken_digits_are_measured_against_held_out_voices(monkeypatch):
+    """evaluate's real sets for spoken digits: the comparison set from the held-out voices, the floor set from the
+    training voices, as many of each (at most the held-out clips)."""
+    from undiffuse.data import sound
+    from undiffuse.data.images import ImageData
+    from undiffuse.evaluation.reference import reference_set
+
+    names = [str(d) for d in range(10)]
+    sets = {"heldout": ImageData(torch.full((12, 1, 8, 8), 10, dtype=torch.uint8), torch.arange(12) % 10, names),
+            "train": ImageData(torch.full((40, 1, 8, 8), 200, dtype=torch.uint8), torch.arange(40) % 10, names)}
+    monkeypatch.setattr(sound, "load_sound_images", lambda cfg, split="train": sets[split])
+    cfg = load_config(ROOT / "configs" / "spoken-digits.toml")
+    ref = reference_set(cfg, 30)
+    assert len(ref.a) == len(ref.b) == 12 and len(ref.labels_a) == 12      # capped by the held-out clips
+    assert bool((ref.a < -0.5).all()) and bool((ref.b > 0.5).all())       # a: held-out voices, b: training voices
+    assert "held-out voices" in ref.source
+    assert reference_set(cfg, 5).a.shape == (5, 1, 8, 8)

@@ -163,3 +163,48 @@ def test_studio_in_chromium(studio, tmp_path):
             tab.screenshot(path=str(shots / "studio-dashboard.png"))
         assert errors == []
         browser.close()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_studio_plays_sound_and_shows_video(tmp_path, tone_run, video_run, one_thread):
+    """A sound run's result plays in the page (every player loads its WAV), a video run's clips play as GIFs."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    runs = tmp_path / "runs"
+    shutil.copytree(tone_run, runs / "tones")
+    shutil.copytree(video_run, runs / "sprites")
+    with BackgroundStudio(runs, tmp_path / "out") as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1360, "height": 860})
+        errors = []
+        tab.on("pageerror", lambda err: errors.append(str(err)))
+        tab.goto(server.url)
+        for run, n in (("tones", 2), ("sprites", 2)):
+            tab.wait_for_selector(f'#model option[value="run:{run}"]', state="attached")
+            tab.select_option("#model", f"run:{run}")
+            tab.fill("#steps", "3")
+            tab.fill("#n", str(n))
+            before = tab.get_attribute("#result", "data-job")
+            tab.click("#submit")
+            tab.wait_for_function(f"(() => {{ const r = document.querySelector('#result');"
+                                  f" return r.dataset.job && r.dataset.job !== '{before}' && !r.hidden; }})()",
+                                  timeout=TIMEOUT)
+            if run == "tones":   # a player per clip and one of all of them in a row, each with its WAV loaded
+                tab.wait_for_function("(() => { const a = [...document.querySelectorAll('#result-images audio')];"
+                                      f" return a.length === {n + 1} && a.every(x => x.readyState >= 1); }})()",
+                                      timeout=TIMEOUT)
+                durations = tab.evaluate("[...document.querySelectorAll('#result-images audio')].map(a => a.duration)")
+                assert all(d > 0.1 for d in durations) and max(durations) > min(durations)   # all.wav is longer
+                assert tab.evaluate("[...document.querySelectorAll('#result-images audio')].every(a => !a.error)")
+            else:                # each clip a looping GIF that links its MP4
+                gifs = "[...document.querySelectorAll('#result-images figure.clip img')]"
+                tab.wait_for_function(f"(() => {{ const g = {gifs}; return g.length === {n}"
+                                      " && g.every(i => i.complete && i.naturalWidth > 0); })()", timeout=TIMEOUT)
+                links = tab.evaluate("[...document.querySelectorAll('#result-images figure.clip a')].map(a => a.href)")
+                assert all(link.endswith(".mp4") for link in links)
+                status = tab.evaluate("(async (u) => (await fetch(u)).status)", links[0])
+                assert status == 200
+        tab.click('nav a[data-view="history"]')   # the sound entry in the history has its player too
+        tab.wait_for_function("[...document.querySelectorAll('.card audio.all-sounds')].some(a => a.readyState >= 1)",
+                              timeout=TIMEOUT)
+        assert errors == []
+        browser.close()

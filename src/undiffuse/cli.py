@@ -476,6 +476,9 @@ def explain(
     video: Annotated[str | None, typer.Option(help="A video model for the section on video (default: the shipped "
                                               "moving-sprites model where installed; 'none' leaves it out).")]
     = None,
+    text: Annotated[str | None, typer.Option(help="A text-conditioned model for the section on how a prompt steers "
+                                             "(default: MODEL if it takes prompts, else the shipped emoji-dit; "
+                                             "'none' leaves it out).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Write a page that shows how diffusion works, computed from the real process and a trained model."""
@@ -488,9 +491,11 @@ def explain(
         sound = "spoken-digits" if "spoken-digits" in shipped_models() else None
     if video is None:
         video = "moving-sprites" if "moving-sprites" in shipped_models() else None
+    if text is None:
+        text = "emoji-dit" if "emoji-dit" in shipped_models() else None
     page = build_explainer(model, image=image, out=out, physics_seconds=physics_seconds, seed=seed,
                            progress=progress, sound=None if sound == "none" else sound,
-                           video=None if video == "none" else video)
+                           video=None if video == "none" else video, text=None if text == "none" else text)
     typer.echo(f"wrote {page} (open it in a browser; the pictures lie beside it)")
 
 

@@ -25,6 +25,7 @@ from ..models import LoadedModel, build_schedule, sigma_range
 from ..sampling import SampleRequest, generate
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
+from .nearest import novelty
 from .precision_recall import precision_recall
 from .reference import Reference, cached_features, reference_set
 
@@ -73,6 +74,7 @@ class Row:
     scores: Scores
     accuracy: float | None = None            # classifier recognises the class asked for
     per_class: dict[str, float] | None = None
+    novelty: dict[str, float] | None = None  # sound: distances to the nearest training clip (spectrograms)
 
 
 @dataclass
@@ -141,6 +143,16 @@ def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
     """What the feature network and classifier see of generated samples: the images, or a sound's spectrogram as
     it sounds (the decoded wave encoded again: phase recovery is part of what is judged)."""
     return model.space.encode(samples) if model.space.kind == "spectrogram" else samples
+
+
+def _training_sounds(model: LoadedModel) -> Tensor | None:
+    """A spoken-digits model's training clips as flat spectrograms in [-1, 1] (for nearest-clip distances, against
+    the held-out voices' clips), else None (a folder of clips has no held-out split to compare with)."""
+    if model.space.kind != "spectrogram" or model.config.data.name != "spoken_digits":
+        return None
+    from ..data.images import to_float
+    from ..data.sound import load_sound_images
+    return to_float(load_sound_images(model.config).images).flatten(1)
 
 
 def _check(model: LoadedModel, settings: EvalSettings) -> None:
@@ -236,6 +248,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
     guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
 
+    training = _training_sounds(model)
     rows = []
     plan = [(s, k) for s in settings.samplers for k in settings.steps]
     counter = _NetworkCounter(model.denoiser)
@@ -253,6 +266,8 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
             row = Row(name, steps, nfe, seconds, score(real_a, extract(images), settings.k))
             if clf is not None and labels is not None:
                 row.accuracy, row.per_class = _accuracy(clf, images, labels, model.class_names)
+            if training is not None:   # are the clips new? nearest training clip, against held-out real clips'
+                row.novelty = asdict(novelty(images.flatten(1), training, ref.a.flatten(1)))
             rows.append(row)
     finally:
         counter.close()

@@ -251,6 +251,48 @@ def vlb_bits_per_dim(denoiser: nn.Module, schedule: DiscreteSchedule, x0: Tensor
                      float(decoder.mean() * bits), per_step / count, k, variance)
 
 
+@dataclass
+class VLBTerms:
+    """The bound's terms one chain step at a time (Ho et al. 2020, eq. 5), means over images."""
+
+    t: Tensor         # (K,) chain steps (0: the decoder L_0, else L_{t-1})
+    bits: Tensor      # (K,) the term in bits/dim
+    eps_mse: Tensor   # (K,) the plain training loss ‖ε - ε̂‖²/dims at the same x_t
+    weight: Tensor    # (K,) the ELBO's weight λ_t on that loss, KL_t = const_t + λ_t ‖ε - ε̂‖² (nats; 0 at t = 0)
+
+
+@torch.no_grad()
+def vlb_terms(denoiser: nn.Module, schedule: DiscreteSchedule, x0: Tensor, t: Tensor, cond: Any = None, *,
+              variance: Variance = "large", generator: torch.Generator | None = None) -> VLBTerms:
+    """Each term L_{t-1} of the bound at the chain steps ``t`` on 8-bit ``x0``, beside the ε-MSE the plain loss
+    uses: with x̂_0 = x_t - σ_t ε̂ in σ-form, KL_t = ½ dims (r - 1 - ln r) + λ_t ‖ε - ε̂‖² with
+    λ_t = coef_t² σ_t² / (2 σ²_model) and coef_t = √ᾱ_{t-1} β_t/(1-ᾱ_t) (eq. 7): the ELBO is a λ_t-weighted sum of
+    the per-step denoising errors, which the plain loss (Ho et al. 2020, eq. 14) weights alike."""
+    _check_chain(denoiser, schedule)
+    t = torch.as_tensor(t, dtype=torch.long).flatten()
+    if len(t) == 0 or int(t.min()) < 0 or int(t.max()) >= schedule.T:
+        raise UndiffuseError(f"chain steps must lie in 0 … {schedule.T - 1}")
+    x0 = _as_8bit(x0, "x0")
+    n, dims = len(x0), x0[0].numel()
+    work = _work_dtype(denoiser, torch.float32)
+    beta, ab = schedule.betas, schedule.alpha_bars
+    ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+    post_var = beta * (1 - ab_prev) / (1 - ab)
+    model_var = post_var if variance == "small" else beta
+    bits, mse, weight = [], [], []
+    for step in t.tolist():
+        sigma = schedule.sigmas[step]
+        noise = randn(x0.shape, generator, torch.float64, x0.device)
+        x0_hat = denoiser((x0 + sigma * noise).to(work), sigma.expand(n).to(work), cond).double()
+        steps = torch.full((n,), step, dtype=torch.long)
+        bits.append(float(_term_nats(schedule, steps, x0, x0_hat, variance).mean()) / (dims * LN2))
+        mse.append(float((x0 - x0_hat).pow(2).mean()) / float(sigma) ** 2)
+        coef = ab_prev[step].sqrt() * beta[step] / (1 - ab[step])
+        weight.append(0.0 if step == 0 else float(coef**2 * sigma**2 / (2 * model_var[step])))
+    return VLBTerms(t, torch.tensor(bits, dtype=torch.float64), torch.tensor(mse, dtype=torch.float64),
+                    torch.tensor(weight, dtype=torch.float64))
+
+
 def _work_dtype(denoiser: nn.Module, given: torch.dtype) -> torch.dtype:
     """The dtype to call the denoiser in: that of its first floating parameter or buffer, else the data's."""
     for t in (*denoiser.parameters(), *denoiser.buffers()):

@@ -58,8 +58,25 @@ def _real_images(cfg: Config) -> tuple[Tensor, Tensor, str]:
                          "(fashion_mnist, digits, an image folder or sound)")
 
 
+def _held_out_voices(cfg: Config, n: int, seed: int) -> Reference:
+    """Spoken digits: the comparison set from the held-out voices (no model trained on them), the floor set from
+    the training voices, min(n, held-out clips) each: the floor is then the distance between two sets of real
+    speakers, the one a model that learned its training voices perfectly would score."""
+    from ..data.sound import load_sound_images
+    held, train = load_sound_images(cfg, "heldout"), load_sound_images(cfg, "train")
+    m = min(n, len(held))
+    g = torch.Generator().manual_seed(seed)
+    ia, ib = torch.randperm(len(held), generator=g)[:m], torch.randperm(len(train), generator=g)[:m]
+    key = f"{cfg.data.name}-heldout-{cfg.data.image_size}-{len(held)}-{len(train)}-{m}-{seed}"
+    return Reference(to_float(held.images[ia]), to_float(train.images[ib]), held.labels[ia],
+                     f"spoken_digits held-out voices (n = {m}; floor: as many training clips)", key)
+
+
 def reference_set(cfg: Config, n: int, seed: int = 0) -> Reference:
-    """2n distinct real images drawn at random (fixed seed), split into the comparison set and the floor set."""
+    """2n distinct real images drawn at random (fixed seed), split into the comparison set and the floor set
+    (spoken digits: :func:`_held_out_voices`)."""
+    if cfg.data.name == "spoken_digits":
+        return _held_out_voices(cfg, n, seed)
     images, labels, source = _real_images(cfg)
     if images.shape[1] != cfg.data.channels:
         raise UndiffuseError(f"the model makes {cfg.data.channels}-channel images, the data has {images.shape[1]}")

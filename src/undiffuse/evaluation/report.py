@@ -16,7 +16,7 @@ def table(ev: Evaluation) -> str:
     acc = ev.floor_accuracy is not None
     head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
         (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
-    lines = [f"{ev.model}: n = {ev.n} generated vs n = {ev.n} real from {ev.reference}; features: {ev.features}"
+    lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}"
              + (f"; guidance {ev.guidance:g}" if ev.guidance is not None else ""), head]
     for r in ev.rows:
         s = r.scores
@@ -25,6 +25,13 @@ def table(ev: Evaluation) -> str:
     f = ev.floor
     lines.append(f"{'real vs real':<16}{'':>6}{'':>6}{f.fid:>9.2f}{1e3 * f.kid:>10.2f}{f.precision:>7.3f}"
                  f"{f.recall:>7.3f}" + (f"{ev.floor_accuracy:>10.1%}" if acc else "") + f"{'':>9}")
+    for r in ev.rows:
+        if r.novelty:
+            v = r.novelty
+            lines.append(f"{r.sampler} {r.steps}: Euclidean distance of spectrograms to the nearest training clip, "
+                         f"median (min): generated {v['generated_median']:.2f} ({v['generated_min']:.2f}), "
+                         f"held-out real clips {v['test_median']:.2f} ({v['test_min']:.2f}); ratio {v['ratio']:.2f} "
+                         "(≈ 1: new, ≪ 1: copies)")
     if ev.likelihood:
         lk = ev.likelihood
         given = " given their class" if lk["conditional"] else ""

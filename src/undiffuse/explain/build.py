@@ -21,6 +21,7 @@ from ..process import DiscreteSchedule
 from . import encoding, forward, latent, physics, reverse
 from .maths import maths_section
 from .pixels import pixels_section
+from .prompt import prompt_section
 from .reverse_steps import reverse_steps_section
 from .page import Picture, Section, Slider, render
 
@@ -56,10 +57,12 @@ def _fig(out: Path, name: str, fig, params: dict) -> str:
 def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Path | None = None,
                     out: str | Path = "out/explain", physics_seconds: float = 30.0, seed: int = 0,
                     progress: bool = True, sound: str | LoadedModel | None = None,
-                    video: str | LoadedModel | None = None) -> Path:
+                    video: str | LoadedModel | None = None, text: str | LoadedModel | None = None) -> Path:
     """Write ``out``/index.html and its pictures; returns the page's path. The numbers go to explain.json.
     ``sound``: a sound model whose section (a real clip, noised, a reverse process, each with a player) is added;
-    ``video``: a video model whose section (a clip noised frame by frame, a whole clip's reverse process) is."""
+    ``video``: a video model whose section (a clip noised frame by frame, a whole clip's reverse process) is;
+    ``text``: a text-conditioned model whose section on how a prompt steers is added (``model`` itself, if it is
+    text-conditioned)."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     m = load_model(model) if not isinstance(model, LoadedModel) else model
@@ -68,11 +71,17 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                              "a sound model as --sound and a video model as --video")
     heard = (load_model(sound) if not isinstance(sound, LoadedModel) else sound) if sound is not None else None
     seen = (load_model(video) if not isinstance(video, LoadedModel) else video) if video is not None else None
+    if m.text_conditioned:
+        text = m
+    prompted = (load_model(text) if not isinstance(text, LoadedModel) else text) if text is not None else None
+    if prompted is not None and not prompted.text_conditioned:
+        raise UndiffuseError(f"{prompted.source} is not text-conditioned; the section on prompts needs a model "
+                             "that takes one (e.g. emoji-dit)")
     channels = m.config.data.channels
     t_start = time.perf_counter()
     numbers: dict = {"model": m.source}
-    steps = tqdm(total=12 + (heard is not None) + (seen is not None), desc="explain", unit="section",
-                 disable=not progress)
+    extra = sum(x is not None for x in (heard, seen, prompted))
+    steps = tqdm(total=12 + extra, desc="explain", unit="section", disable=not progress)
 
     try:
         train, train_labels = reverse.training_images(m)
@@ -285,6 +294,9 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
     sections.append(Section("guidance", "Guidance", paragraphs, pics, level=4))
     steps.update()
+    if prompted is not None:  # 7b. a prompt steers ------------------------------------------------------
+        sections.append(prompt_section(prompted, out, {**params, "model": prompted.source}, numbers, seed))
+        steps.update()
 
     if heard is not None:  # 8. sound -------------------------------------------------------------------
         from .sound import sound_section

@@ -222,6 +222,22 @@ class SpectrogramSpace:
         x = torch.nan_to_num(x.float(), nan=-1.0).clamp(max=X_MAX)
         return self.griffin_lim(self.mel_to_linear(self.to_mel(x)), phase_from=phase_from).clamp(-1, 1)
 
+    @torch.no_grad()
+    def masked(self, x: Tensor, noisy: Tensor) -> Tensor:
+        """(N, 1, n_mels, frames) clean estimate of the noisy waves (N, L) → (N, L): the noisy STFT times the gain
+        clean / noisy per mel band and frame, clipped to [0, 1] and spread over the linear bins by the filterbank,
+        heard with the recording's own phase (a mask estimated by the model; speech enhancement's usual way back to
+        a wave, where Griffin-Lim would have to guess the phase again)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
+            raise UndiffuseError(f"spectrogram: expected x (N, {', '.join(map(str, self.shape))}), "
+                                 f"got {tuple(x.shape)}")
+        clean = self.to_mel(torch.nan_to_num(x.float(), nan=-1.0).clamp(max=X_MAX))   # (N, M, T)
+        noisy = noisy.to(clean.device).expand(len(x), -1)
+        gain = (clean / self.mel(noisy).clamp(min=1e-8)).clamp(0, 1)                    # (N, M, T)
+        fb = self.filters.to(clean.device)                                              # (M, F)
+        spread = (fb.T @ gain) / fb.sum(0).clamp(min=1e-8)[:, None]                     # (N, F, T)
+        return self.istft(self.stft(noisy) * spread).clamp(-1, 1)
+
     def picture(self, x: Tensor) -> Tensor:
         """(N, 1, n_mels, frames) → (N, 3, n_mels, frames) RGB in [-1, 1]: :func:`spectrogram_picture`."""
         return spectrogram_picture(x)
