@@ -7,9 +7,12 @@ survive. Methods:
 - noisy: the input itself;
 - wiener: scipy.signal.wiener (a local Wiener filter on the wave, window 5, as in scipy's docs);
 - gating: noisereduce's stationary spectral gating (Sainburg et al. 2020), the usual classical denoiser;
-- model, griffin-lim: undiffuse's denoise (level estimated, SDEdit from there) heard through Griffin-Lim started
-  from the noisy phase (the behaviour before the mask);
-- model, mask: the same clean estimate used as a gain on the noisy STFT (the default of `undiffuse denoise`).
+- subtraction: our pipeline without the model: the noise floor (minimum statistics) over-subtracted twice, heard as a
+  gain on the noisy STFT;
+- model: `undiffuse denoise` (tasks.sound.denoise_sound): the same subtraction, then one denoiser evaluation
+  x̂₀ = D(x̃, σ = 0.15) of the unconditional model, heard as a gain on the noisy STFT;
+- SDEdit, griffin-lim: the first version of `denoise`: the noisy spectrogram noised to the estimated level and
+  sampled back (20 steps), heard through Griffin-Lim started from the noisy phase.
 
     .venv/bin/pip install --no-deps noisereduce==3.0.3
     .venv/bin/python bench/sound_denoise.py --model spoken-digits --json bench/results/sound-denoise.json
@@ -31,7 +34,7 @@ from undiffuse.evaluation.classifier import load_classifier
 from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest
 from undiffuse.tasks.run import _sample
-from undiffuse.tasks.sound import estimate_sound_sigma, sound_space
+from undiffuse.tasks.sound import denoise_sound, estimate_sound_sigma, sound_space, subtracted
 
 LEVELS_DB = (0.0, 5.0, 10.0)
 
@@ -75,32 +78,27 @@ def main() -> None:
     # the CLI's denoise: unconditional (the "no class" token: which digit is spoken is not given), no guidance
     req = SampleRequest(n=1, label=-1, sampler=a.sampler, steps=a.steps, grid=model.config.sample.grid,
                         guidance=1.0, precision="fp32")
-    methods = ("noisy", "wiener", "gating", "model, griffin-lim", "model, mask")
+    runs = {
+        "noisy": lambda noisy, wave, i: noisy,
+        "wiener": lambda noisy, wave, i: wiener(noisy, 5),
+        "gating": lambda noisy, wave, i: noisereduce.reduce_noise(y=noisy, sr=space.rate, stationary=True),
+        "subtraction": lambda noisy, wave, i: space.masked(subtracted(space, wave), wave)[0],
+        "model": lambda noisy, wave, i: denoise_sound(model, wave[0], replace(req, seed=i))[0][0],
+        "SDEdit, griffin-lim": lambda noisy, wave, i: space.decode(
+            _sample(model, replace(req, seed=i), space.encode(wave), estimate_sound_sigma(space, wave)),
+            phase_from=wave)[0],
+    }
+    methods = tuple(runs)
     rows, seconds = [], {m: 0.0 for m in methods}
     for snr in LEVELS_DB:
         outs: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         for i, ref in enumerate(clean):
             noisy = add_noise(ref, snr, rng)
-            t0 = time.perf_counter()
-            outs["noisy"].append(noisy)
-            seconds["noisy"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            outs["wiener"].append(wiener(noisy, 5).astype(np.float32))
-            seconds["wiener"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            outs["gating"].append(noisereduce.reduce_noise(y=noisy, sr=space.rate, stationary=True).astype(np.float32))
-            seconds["gating"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
             wave = torch.from_numpy(noisy)[None]
-            sigma = estimate_sound_sigma(space, wave)
-            x = _sample(model, replace(req, seed=i), space.encode(wave), sigma)
-            shared = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            outs["model, griffin-lim"].append(space.decode(x, phase_from=wave)[0].numpy())
-            seconds["model, griffin-lim"] += shared + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            outs["model, mask"].append(space.masked(x, wave)[0].numpy())
-            seconds["model, mask"] += shared + time.perf_counter() - t0
+            for m, run in runs.items():
+                t0 = time.perf_counter()
+                outs[m].append(np.asarray(run(noisy, wave, i), dtype=np.float32))
+                seconds[m] += time.perf_counter() - t0
         for m in methods:
             scores = [si_sdr(r, e) for r, e in zip(clean, outs[m], strict=True)]
             waves = torch.from_numpy(np.stack(outs[m]))

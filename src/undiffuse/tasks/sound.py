@@ -3,11 +3,15 @@
 Both run in the model's spectrogram space (:class:`~undiffuse.spaces.spectrogram.SpectrogramSpace`) and hear
 the result through its inverse, starting Griffin-Lim from the input's own phase.
 
-Denoise. Noise added to a wave is not Gaussian in log-mel x, so the noisy x is not a sampler state as a noisy
-image is. Instead its distance from a clean x is estimated and the reverse process starts there (SDEdit, Meng et
-al. 2022): the noise's mel spectrum is the per-band low percentile over frames (minimum statistics, Martin
-2001: speech leaves every band quiet for part of a clip); spectral subtraction of it gives a rough clean x̃;
-σ = RMS(x − x̃) is the level, and sampling runs from x + σ ε at σ down to 0.
+Denoise. Noise added to a wave is not Gaussian in log-mel x: it lifts every quiet band to the noise's level, an
+offset no Gaussian step undoes, so the noisy x is not a sampler state as a noisy image is. The noise's mel spectrum
+is read as the per-band low percentile over frames (minimum statistics, Martin 2001: speech leaves every band quiet
+for part of a clip) and subtracted twice over (spectral over-subtraction, Berouti et al. 1979), which leaves a rough
+clean x̃ with residual, speckled errors; the model removes those as noise of level σ: x̂₀ = D(x̃, σ), the posterior
+mean of a clean spectrogram (Tweedie). The result is heard as a gain on the recording's own STFT
+(:meth:`~undiffuse.spaces.spectrogram.SpectrogramSpace.masked`): its phase is kept, which Griffin-Lim would have to
+guess again (bench/README.md, "Denoising real speech": SI-SDR against the noisy input, Wiener filtering and spectral
+gating).
 
 Inpaint. The frames whose analysis window touches the gap are unknown; the rest of x is written into every x̂₀
 (:class:`~undiffuse.tasks.consistency.InpaintDenoiser`); the wave outside the gap is the input's, exactly, with
@@ -21,12 +25,14 @@ from torch import Tensor
 
 from ..errors import UndiffuseError
 from ..models import LoadedModel
-from ..sampling import SampleRequest
+from ..sampling import SampleRequest, cond_for, guided_denoiser
 from ..spaces.spectrogram import SpectrogramSpace, log_spectral_distance
 from .consistency import InpaintDenoiser
 from .run import Callback, _sample
 
 NOISE_PERCENTILE = 0.2  # the quiet part of each band that the noise floor is read from
+OVER_SUBTRACTION = 2.0  # power subtracted per band, in noise floors (Berouti et al. 1979)
+RESIDUAL_SIGMA = 0.15   # the level of what subtraction leaves, in x: best of 0.1-0.8 on bench/sound_denoise.py
 FADE_S = 0.010          # cross-fade at each edge of a filled gap
 
 
@@ -68,17 +74,31 @@ def estimate_sound_sigma(space: SpectrogramSpace, wave: Tensor) -> float:
     return float((space.to_x(mel) - space.to_x(clean)).pow(2).mean().sqrt())
 
 
+def subtracted(space: SpectrogramSpace, wave: Tensor, over: float = OVER_SUBTRACTION) -> Tensor:
+    """(N, L) → (N, 1, M, T): x of the mel spectrum with ``over`` noise floors of power subtracted per band."""
+    mel = space.mel(wave)
+    return space.to_x((mel.pow(2) - over * noise_floor(space, wave).pow(2)).clamp(min=0).sqrt())
+
+
 @torch.no_grad()
 def denoise_sound(model: LoadedModel, wave: Tensor, req: SampleRequest, sigma: float | None = None,
                   callback: Callback | None = None) -> tuple[Tensor, float]:
-    """A noisy recording (L,) → (n, L) cleaned versions and the σ used (estimated when None)."""
+    """A noisy recording (L,) → (n, L) cleaned versions and the σ used (RESIDUAL_SIGMA when None): the
+    over-subtracted x̃ denoised in one evaluation, x̂₀ = D(x̃, σ), heard through the recording's STFT. The
+    request's class (label -1: none), guidance and precision apply; the estimate is deterministic, so the n
+    versions are equal."""
     space = sound_space(model)
     wave = check_wave(space, wave, "noisy clip")
-    sigma = estimate_sound_sigma(space, wave) if sigma is None else float(sigma)
+    sigma = RESIDUAL_SIGMA if sigma is None else float(sigma)
     if not sigma > 0:
-        raise UndiffuseError(f"the noise level must be positive, got {sigma} (is the clip already clean?)")
-    out = _sample(model, req, space.encode(wave), sigma, callback=callback)
-    return space.decode(out, phase_from=wave.expand(req.n, -1)), sigma
+        raise UndiffuseError(f"the noise level must be positive, got {sigma}")
+    denoiser, labels, text = guided_denoiser(model, req)
+    x = subtracted(space, wave).expand(req.n, -1, -1, -1)
+    s = torch.full((req.n,), sigma)
+    x0 = denoiser(x, s, cond_for(labels, text, range(req.n)))
+    if callback is not None:
+        callback(0, s, x, x0)
+    return space.masked(x0, wave), sigma
 
 
 def gap_frames(space: SpectrogramSpace, start_s: float, end_s: float) -> Tensor:

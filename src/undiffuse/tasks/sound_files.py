@@ -60,7 +60,7 @@ def denoise_file(model: LoadedModel, path: Path, req: SampleRequest, out: Path, 
     params = {"model": model.source, "task": "denoise", "input": str(path), "sampler": req.sampler,
               "steps": req.steps, "seed": req.seed, "sigma": round(used, 4), "noise_floor_db_before": round(before, 1),
               "noise_floor_db_after": round(after, 1)}
-    how = "given" if sigma is not None else "estimated"
+    how = "given" if sigma is not None else "the default residual level after subtracting the estimated noise floor"
     report = f"σ = {used:.3f} ({how}); noise floor {before:.1f} → {after:.1f} dB"
     if clean is not None:
         reference, _ = read_task_clip(clean, model)
