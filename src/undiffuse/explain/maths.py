@@ -42,6 +42,7 @@ class SdeOde:
     ode: Tensor             # (K+1, N, C, H, W): x/√(1+σ²) at each σ, then the sample
     sde: Tensor             # (K+1, N, C, H, W)
     numbers: dict
+    images: tuple[Tensor, Tensor] | None = None   # the two sets of samples decoded (ODE, SDE): what is shown
 
 
 @torch.no_grad()
@@ -59,13 +60,13 @@ def sde_and_ode(model: LoadedModel, label: int | None, seed: int = 0, n: int = F
     start = samplers.randn((n, *model.space.shape), gens) * float(sigmas[0])
     noise_gens = samplers.make_generators([10_000 + seed + i for i in range(n)])
     paths = {kind: flow_path(model.denoiser, start, sigmas, labels, kind, noise_gens) for kind in ("ode", "sde")}
-    ode, sde = paths["ode"][-1], paths["sde"][-1]
+    ode, sde = (model.space.decode(paths[k][-1]) for k in ("ode", "sde"))   # images (a latent model's decoded)
     numbers = {"n": n, "steps": steps,
                "ode_mean": float(ode.mean()), "sde_mean": float(sde.mean()),
                "ode_std": float(ode.std()), "sde_std": float(sde.std()),
                "paired_rms": float((ode - sde).pow(2).mean().sqrt()),
                "ode_to_other_seed_rms": float((ode - ode.roll(1, 0)).pow(2).mean().sqrt())}
-    return SdeOde(sigmas[:-1].tolist(), paths["ode"], paths["sde"], numbers)
+    return SdeOde(sigmas[:-1].tolist(), paths["ode"], paths["sde"], numbers, (ode, sde))
 
 
 @torch.no_grad()
@@ -110,9 +111,10 @@ def plot_sde_ode(res: SdeOde, shown: int = 4) -> Figure:
     ax.set_title("one pixel: ODE (thick) and SDE (thin), same start", fontsize=9)
     ax.grid(alpha=0.3)
     axes = right.subplots(2, shown)
+    ode, sde = res.images if res.images is not None else (res.ode[-1], res.sde[-1])
     for j in range(shown):
-        _show_image(axes[0, j], res.ode[-1, j])
-        _show_image(axes[1, j], res.sde[-1, j])
+        _show_image(axes[0, j], ode[j])
+        _show_image(axes[1, j], sde[j])
     axes[0, 0].set_ylabel("ODE", fontsize=9)
     axes[1, 0].set_ylabel("SDE", fontsize=9)
     return fig
