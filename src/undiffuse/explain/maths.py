@@ -242,10 +242,11 @@ def maths_section(model: LoadedModel, image: Tensor, label: int | None, out: Pat
                     "path, and the samples they end at."),
             Picture("order.png", "Error against steps on the model, log-log, with the fitted lines.")]
     if model.space.kind == "pixels":
-        images, labels = held_out_images(model, image, label, LIKELIHOOD_SETTINGS.likelihood)
+        term_images, term_labels = held_out_images(model, image, label, TERM_IMAGES)   # loaded once: the first
+        k = LIKELIHOOD_SETTINGS.likelihood                                              # k are the likelihood's
+        images, labels = term_images[:k], term_labels[:k] if term_labels is not None else None
         lik = image_likelihood(model, images, labels, LIKELIHOOD_SETTINGS, progress=False)
         info["likelihood"] = lik
-        term_images, term_labels = held_out_images(model, image, label, TERM_IMAGES)
         terms = bound_terms(model, term_images, term_labels, seed)
         vlb = lik.get("vlb")
         parts = (f"the variational bound L<sub>T</sub> + Σ L<sub>t-1</sub> + L<sub>0</sub> (Ho et al. 2020, eq. "

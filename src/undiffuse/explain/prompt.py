@@ -148,7 +148,7 @@ def word_maps(model: LoadedModel, prompt: str, maps: list[Tensor]) -> WordMaps:
     words = prompt_words(model, prompt)
     stack = torch.stack(maps)                                                   # (K, N, L)
     per_word = torch.stack([stack[:, :, pos].sum(-1) for _, pos in words])      # (W, K, N)
-    mass = [float(v) for v in per_word.mean(dim=(1, 2)) * 1]                    # mean over steps and tokens
+    mass = [float(v) for v in per_word.mean(dim=(1, 2))]                        # mean over steps and patches
     return WordMaps([wd for wd, _ in words], per_word.reshape(len(words), len(maps), h, w), mass)
 
 

@@ -69,9 +69,7 @@ def level_db(mel: Tensor) -> float:
 def estimate_sound_sigma(space: SpectrogramSpace, wave: Tensor) -> float:
     """How far the noisy clip's x lies from a clean one: RMS(x − x̃), x̃ = x of the mel spectrum minus the noise
     floor (power spectral subtraction)."""
-    mel = space.mel(wave)
-    clean = (mel.pow(2) - noise_floor(space, wave).pow(2)).clamp(min=0).sqrt()
-    return float((space.to_x(mel) - space.to_x(clean)).pow(2).mean().sqrt())
+    return float((space.encode(wave) - subtracted(space, wave, over=1.0)).pow(2).mean().sqrt())
 
 
 def subtracted(space: SpectrogramSpace, wave: Tensor, over: float = OVER_SUBTRACTION) -> Tensor:
