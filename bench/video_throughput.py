@@ -1,13 +1,14 @@
 """Training throughput of the space-time U-Net (configs/moving-sprites.toml): frames/s, its fraction of the bf16
 matmul peak, and what temporal attention costs against temporal convolution.
 
-Contenders, all the recipe's [model] and batch (16 clips × 8 frames of 32×32), bf16 autocast as training runs:
+Contenders, all the recipe's [model] and batch (16 clips × 8 frames of 32×32), in the precision training picks on
+this machine (``--precision auto``: bf16 autocast where the CPU has native bf16, else fp32):
 - ``image U-Net per frame``: the same U-Net without temporal layers on the 128 frames (the floor of any video net);
 - ``temporal = attention`` (the recipe), ``conv`` and ``both``.
 Each step: forward on a fixed noised batch, MSE to the noise, backward, fused AdamW, as bench/train_throughput.py.
 Contenders are interleaved one step at a time (``--rounds`` after ``--warmup``), median frames/s. FLOPs:
 ``FlopCounterMode`` on one forward (2 per multiply-add), a training step = 3 × forward; "of peak" divides by the
-best square bf16 GEMM (bench/peers.py ``gemm_peak``), measured in the same run.
+best square GEMM of that precision (bench/peers.py ``gemm_peak``), measured in the same run.
 
     .venv/bin/python bench/video_throughput.py --json bench/results/video-throughput.json
 """
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from undiffuse.config import load_config
 from undiffuse.models import build_net
-from undiffuse.nets.cpu import train_autocast
+from undiffuse.nets.cpu import PRECISIONS, native_bf16, resolve_precision, train_autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Step:
     """A net, its AdamW and one fixed noised batch of clips (or of their frames, for the image net)."""
 
-    def __init__(self, net: torch.nn.Module, shape: tuple[int, ...], batch: int):
+    def __init__(self, net: torch.nn.Module, shape: tuple[int, ...], batch: int, bf16: bool):
         self.net = net.train()
+        self.bf16 = bf16
         self.opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=True)
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(batch, *shape, generator=g)
@@ -47,7 +49,7 @@ class Step:
         self.labels = torch.randint(0, 10, (batch,), generator=g)
 
     def forward(self) -> torch.Tensor:
-        with train_autocast(True):
+        with train_autocast(self.bf16):
             return self.net(self.x, self.t, self.labels)
 
     def __call__(self) -> None:
@@ -57,13 +59,14 @@ class Step:
         self.opt.step()
 
 
-def contenders(recipe: Path, clips: int) -> tuple[dict[str, Step], int]:
+def contenders(recipe: Path, clips: int, bf16: bool) -> tuple[dict[str, Step], int]:
     cfg = load_config(recipe)
     frames, c, s = cfg.data.frames, cfg.data.channels, cfg.data.image_size
-    steps = {"image U-Net per frame": Step(build_net(cfg, 10), (c, s, s), clips * frames)}
+    steps = {"image U-Net per frame": Step(build_net(cfg, 10), (c, s, s), clips * frames, bf16)}
     for temporal in ("attention", "conv", "both"):
         cfg.model.temporal = temporal
-        steps[f"temporal = {temporal}"] = Step(build_net(cfg, 10, shape=(frames, c, s, s)), (frames, c, s, s), clips)
+        net = build_net(cfg, 10, shape=(frames, c, s, s))
+        steps[f"temporal = {temporal}"] = Step(net, (frames, c, s, s), clips, bf16)
     return steps, frames
 
 
@@ -74,11 +77,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="auto: bf16 where the CPU has native bf16 (as training picks), else fp32")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = peers.gemm_peak(5)["peak_gflops"]["bf16"]
-    steps, frames = contenders(args.recipe, args.clips)
+    precision = resolve_precision(args.precision)
+    peak = peers.gemm_peak(5, precisions=(precision,))["peak_gflops"][precision]
+    steps, frames = contenders(args.recipe, args.clips, precision == "bf16")
     per_frame_flops = {}
     for name, step in steps.items():
         with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -93,13 +99,13 @@ def main() -> None:
             step()
             rates[name].append(args.clips * frames / (time.perf_counter() - t0))
         print(f"  round {r + 1}/{args.rounds}, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
-    peak_again = peers.gemm_peak(5)["peak_gflops"]["bf16"]
+    peak_again = peers.gemm_peak(5, precisions=(precision,))["peak_gflops"][precision]
     peak = max(peak, peak_again)
     base = statistics.median(rates["image U-Net per frame"])
     rows = []
     print(f"\n### Video U-Net training (run {time.strftime('%Y-%m-%d %H:%M')}; {args.clips} clips × {frames} frames, "
-          f"bf16, {args.threads} threads; bf16 GEMM peak {peak:.0f} GFLOP/s)\n")
-    print("| net | parameters | GFLOP / frame fwd | frames/s median | (q1–q3) | vs image net | of bf16 peak |")
+          f"{precision}, {args.threads} threads; {precision} GEMM peak {peak:.0f} GFLOP/s)\n")
+    print("| net | parameters | GFLOP / frame fwd | frames/s median | (q1–q3) | vs image net | of peak |")
     print("|---|---|---|---|---|---|---|")
     for name, step in steps.items():
         med = statistics.median(rates[name])
@@ -108,13 +114,14 @@ def main() -> None:
         gflop = per_frame_flops[name] / 1e9
         of_peak = 3 * gflop * med / peak
         rows.append({"net": name, "parameters": params, "gflop_per_frame_forward": gflop, "frames_per_s": med,
-                     "q1": q1, "q3": q3, "vs_image_net": med / base, "of_bf16_peak": of_peak})
+                     "q1": q1, "q3": q3, "vs_image_net": med / base, "of_peak": of_peak})
         print(f"| {name} | {params:,} | {gflop:.4f} | {med:.0f} | ({q1:.0f}–{q3:.0f}) | {med / base:.2f}× "
               f"| {100 * of_peak:.1f} % |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "clips": args.clips,
-                                         "frames": frames, "threads": args.threads, "bf16_peak_gflops": peak,
+                                         "frames": frames, "threads": args.threads, "precision": precision,
+                                         "cpu_native_bf16": native_bf16(), "peak_gflops": peak,
                                          "rows": rows}, indent=2))
 
 

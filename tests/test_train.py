@@ -132,6 +132,15 @@ def test_existing_run_needs_resume_and_resume_checks_config(tmp_path):
         Trainer(digits_config(tmp_path / "r"), resume=True)
 
 
+def test_out_dir_under_home_is_expanded_for_training_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    train(digits_config(Path("~/runs/r"), "train.steps=6"), progress=False)  # a quoted '~' reaches the config
+    assert (tmp_path / "runs" / "r" / "checkpoints" / "latest.safetensors").exists()
+    assert not (tmp_path / "~").exists()
+    assert Trainer(digits_config(Path("~/runs/r")), resume=True).step == 6
+
+
 def test_resume_of_a_checkpoint_written_before_a_config_key_existed(tmp_path):
     """A key added to the config since the checkpoint was written takes its default: the run still resumes."""
     train(digits_config(tmp_path / "r", "train.steps=6"), progress=False)

@@ -205,13 +205,16 @@ def test_evaluate_scores_a_video_model_against_real_clips(video_run, tmp_path):
 
     from undiffuse.cli import app
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", str(video_run), "--n", "6", "--steps", "2", "--out", str(out),
-                                      "--no-progress"])
+    result = CliRunner().invoke(app, ["evaluate", str(video_run), "--n", "6", "--steps", "2", "--animate", "3",
+                                      "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "per-axis speed change" in result.output and "FVD: not measured" in result.output
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["n"] == 6 and 0 <= saved["generated"]["frame_accuracy"] <= 1
     assert saved["real"]["speed"] > 0.5 and saved["frame_fd_floor"] >= 0
+    moved = saved["image_to_video"]       # the first frames of 3 real clips animated: kept exactly
+    assert moved["n"] == 3 and moved["first_frame_error"] == 0.0 and "given frame kept" in result.output
+    assert moved["real_first_step"] > 0.5 and moved["first_step"] >= 0 and 0 <= moved["generated"]["identity"] <= 1
     two = CliRunner().invoke(app, ["evaluate", str(video_run), "--steps", "2,4", "--no-progress"])
     assert two.exit_code != 0 and "one setting" in str(two.exception)
 

@@ -526,6 +526,8 @@ def evaluate(
     = None,
     likelihood: Annotated[int, typer.Option(help="Also bits/dim (VLB and probability-flow ODE) on this many "
                                             "held-out images (~20 s each on 2 CPU cores); 0: skip.")] = 0,
+    animate: Annotated[int, typer.Option(help="A video model: also image-to-video from the first frames of this "
+                                         "many real clips (given frame kept, motion continued); 0: skip.")] = 100,
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
     = Path("out/evaluate"),
@@ -550,7 +552,9 @@ def evaluate(
         typer.echo(f"wrote {out / 'evaluation.json'}")
         return
     if loaded.space.kind == "video":
-        from .evaluation.video import evaluate_video
+        from .evaluation.video import evaluate_animate, evaluate_video
+        if animate < 0:
+            raise UndiffuseError(f"--animate must be ≥ 0, got {animate}")
         names = [s.strip() for s in (samplers_ or "").split(",") if s.strip()]
         counts = _int_list(steps, "--steps") if steps else []
         if len(names) > 1 or len(counts) > 1:
@@ -558,10 +562,17 @@ def evaluate(
         clip_result = evaluate_video(loaded, n=n, sampler=names[0] if names else None,
                                      steps=counts[0] if counts else None,
                                      guidance=guidance, seed=seed, progress=progress)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps(clip_result.to_dict(), indent=2))
+        result = clip_result.to_dict()
         typer.echo(clip_result.table())
         typer.echo("FVD: not measured (it needs an I3D network, which is not available offline)")
+        if animate:
+            moved = evaluate_animate(loaded, n=animate, sampler=names[0] if names else None,
+                                     steps=counts[0] if counts else None, guidance=guidance, seed=seed,
+                                     progress=progress)
+            result["image_to_video"] = moved.to_dict()
+            typer.echo(moved.table())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(result, indent=2))
         typer.echo(f"wrote {out / 'evaluation.json'}")
         return
     settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],

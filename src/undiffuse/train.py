@@ -110,7 +110,7 @@ class Trainer:
                  on_step: Callable[[dict[str, float]], None] | None = None):
         self.cfg, self.progress, self.on_step = cfg, progress, on_step
         check_loggers(cfg.train.log)  # a missing extra: one line, before any work
-        self.out = Path(cfg.out_dir)
+        self.out = Path(cfg.out_dir).expanduser()
         self.ckpt_dir = self.out / "checkpoints"
         latest = self.ckpt_dir / "latest.safetensors"
         if latest.exists() and not resume:

@@ -169,6 +169,70 @@ def sprite_views(garments: Tensor, sprite: int) -> Tensor:
 SPRITE_JUDGE = "moving-sprites-judge"
 
 
+@dataclass
+class AnimateEvaluation:
+    """Image-to-video: clips made from the first frames of real clips, against those real clips. ``first_step`` is
+    the tracked centre's mean per-axis move from the given frame to the next (pixels): the motion must start where
+    the given frame has the sprite, at the generator's speeds; ``first_frame_error`` the largest pixel difference
+    between the given frame and the clip's first frame (0: kept)."""
+
+    n: int
+    first_frame_error: float
+    generated: ClipScores
+    real: ClipScores
+    first_step: float
+    real_first_step: float
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "first_frame_error": self.first_frame_error, "generated": self.generated.to_dict(),
+                "real": self.real.to_dict(), "first_step": self.first_step, "real_first_step": self.real_first_step}
+
+    def table(self) -> str:
+        g, r = self.generated, self.real
+        return "\n".join([
+            f"| image-to-video (n = {self.n}, first frames of real clips) | generated | real |", "|---|---|---|",
+            f"| given frame kept (largest pixel error) | {self.first_frame_error:.2g} | 0 |",
+            f"| centre's move from the given frame to the next (px, per axis) | {self.first_step:.3f} "
+            f"| {self.real_first_step:.3f} |",
+            f"| per-axis speed change (px/frame) | {g.motion_error:.3f} | {r.motion_error:.3f} |",
+            f"| frames recognised as the given garment's class | {g.frame_accuracy:.3f} | {r.frame_accuracy:.3f} |",
+            f"| feature cosine, first frame vs later | {g.identity:.3f} | {r.identity:.3f} |"])
+
+
+def evaluate_animate(model, n: int = 100, sampler: str | None = None, steps: int | None = None,
+                     guidance: float | None = None, seed: int = 0, progress: bool = True) -> AnimateEvaluation:
+    """Animate the first frames of ``n`` real test clips of the generator (each with its clip's class) and judge
+    the clips as :func:`evaluate_video` does, beside the real clips they started from."""
+    from tqdm.auto import tqdm
+
+    from ..data.moving_sprites import moving_sprites
+    from ..sampling import SampleRequest
+    from ..tasks.video import animate
+    from .classifier import load_classifier
+
+    d, s = model.config.data, model.config.sample
+    sprite = d.image_size // 2
+    real = moving_sprites(n, frames=d.frames, size=d.image_size, sprite=sprite, split="test", seed=seed + 3)
+    real_clips = _check(real.clips)
+    made = []
+    for i in tqdm(range(n), desc="image-to-video", unit="clip", disable=not progress):
+        req = SampleRequest(n=1, seed=seed + i, sampler=sampler or s.sampler, steps=steps or s.steps, grid=s.grid,
+                            label=int(real.labels[i]) if model.num_classes else None,
+                            guidance=s.guidance if guidance is None else guidance)
+        made.append(animate(model, real_clips[i, 0], req)[0])
+    clips = torch.stack(made)
+    judge = load_classifier(SPRITE_JUDGE)
+    gen_scores, _ = clip_measures(clips, real.labels, judge, sprite)
+    real_scores, _ = clip_measures(real_clips, real.labels, judge, sprite)
+
+    def first_step(c: Tensor) -> float:
+        centres = track(c)
+        return float((centres[:, 1] - centres[:, 0]).abs().mean())
+
+    error = float((clips[:, 0] - real_clips[:, 0]).abs().max())
+    return AnimateEvaluation(n, error, gen_scores, real_scores, first_step(clips), first_step(real_clips))
+
+
 def evaluate_video(model, n: int = 500, sampler: str | None = None, steps: int | None = None,
                    guidance: float | None = None, seed: int = 0, batch_size: int = 32,
                    progress: bool = True) -> VideoEvaluation:

@@ -82,6 +82,15 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     numbers: dict = {"model": m.source}
     extra = sum(x is not None for x in (heard, seen, prompted))
     steps = tqdm(total=12 + extra, desc="explain", unit="section", disable=not progress)
+    numbers["section_seconds"] = seconds = {}  # what each section cost to compute, for the page's build time
+    clock = [t_start]
+
+    def done(name: str | None = None) -> None:
+        now = time.perf_counter()
+        seconds[name or sections[-1].id] = round(now - clock[0], 2)
+        clock[0] = now
+        if name is None:
+            steps.update()
 
     try:
         train, train_labels = reverse.training_images(m)
@@ -101,6 +110,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     if real_label is None and m.num_classes and train_labels is not None and image is None:
         real_label = int(train_labels[0]) if int(train_labels[0]) >= 0 else None
     sections = []
+    done("setup")
 
     # 1. physics -------------------------------------------------------------------------------
     ph = physics.physics(shown, seconds=physics_seconds, seed=seed, progress=progress)
@@ -117,7 +127,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         "particles, not the old ones."],
         [Picture(_fig(out, "physics.png", physics.plot_physics(ph), params),
                  "Top: the forward process on the image's particles. Bottom: the learned reverse process.")], level=1))
-    steps.update()
+    done()
 
     # 2. the chain -----------------------------------------------------------------------------
     linear = DiscreteSchedule.from_name("linear")
@@ -150,7 +160,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                  "The linear (DDPM) and cosine (improved DDPM) schedules: β, ᾱ and the signal-to-noise ratio. "
                  "The cosine schedule destroys information more evenly over t.")],
         (["t", "ᾱ_t", "1-ᾱ_t", "chain: measured variance", "closed form: measured variance"], rows), level=2))
-    steps.update()
+    done()
 
     # 3. two pixels ----------------------------------------------------------------------------
     two = forward.two_pixel_walks(seed=seed)
@@ -176,9 +186,9 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                  "The two-pixel image as a point: one step, one chain, many chains."),
          Picture(_fig(out, "noise.png", noise_fig, params), "Gaussian noise, pixel by pixel.")],
         (["t", "1-ᾱ_t", "measured variance", "√ᾱ_t x₀", "measured mean"], rows), level=3))
-    steps.update()
+    done()
     sections.append(pixels_section(real, real_note, out, params, numbers, seed))  # 3b. per pixel, not splats
-    steps.update()
+    done()
 
     # 4. the U-Net -----------------------------------------------------------------------------
     label = 0 if m.num_classes else None
@@ -221,13 +231,13 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         ("The network is a U-Net: convolutions at full resolution, down-sampling to coarser grids where "
          "attention can see the whole image, and back up, with skip connections carrying the fine detail "
          "across. The noise level enters every residual block by scale and shift.")], pictures, level=4))
-    steps.update()
+    done()
 
     if m.space.kind == "latent":  # 4b. the latent space ----------------------------------------------------
         sections.append(_latent_section(m, train[0] if train is not None else path.final, path, out, params,
                                         numbers))
     sections.append(reverse_steps_section(m, out, params, numbers, seed, label))  # 4c. DDPM and DDIM step by step
-    steps.update()
+    done()
 
     # 5. new images ----------------------------------------------------------------------------
     seeds = list(range(seed, seed + 8))
@@ -249,10 +259,10 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         "Sampling starts from fresh random noise: a different seed, a different starting point, and the "
         "deterministic or random path from it ends at a different image. The network never stored its "
         "training images; it learned, for every noise level, what images in general look like.", text], pics, level=1))
-    steps.update()
+    done()
 
     # 6. samplers ------------------------------------------------------------------------------
-    runs = reverse.compare_samplers(m, seed, label, (5, 10, 25, 100))
+    runs = reverse.compare_samplers(m, seed, label, (5, 10, 20, 50))
     numbers["samplers"] = [{"sampler": r.sampler, "steps": r.steps, "grid": r.grid, "seconds": r.seconds}
                            for r in runs]
     sections.append(Section("samplers", "DDPM against DDIM", [
@@ -262,17 +272,17 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
         "DPM-Solver++(2M) treats the same path as an ODE and solves it with a second-order method, sharper "
         "still at very few steps. All three start from the same noise; each picture carries its wall time."],
         [Picture(_fig(out, "samplers.png", reverse.plot_samplers(runs), params),
-                 "One seed, three samplers, 5 to 100 steps (DDPM and DDIM on evenly spaced t, DPM-Solver++ on "
+                 "One seed, three samplers, 5 to 50 steps (DDPM and DDIM on evenly spaced t, DPM-Solver++ on "
                  "the Karras σ grid).")], level=4))
-    steps.update()
+    done()
 
     # 6b. the noise as an encoding, and interpolation -------------------------------------------------------
     sections.append(encoding.encoding_section(m, real, real_label, real_note, out, params, numbers, seed))
-    steps.update()
+    done()
     sections.append(encoding.interpolation_section(m, label, out, params, numbers, seed))
-    steps.update()
+    done()
     sections.append(maths_section(m, real, real_label, out, params, numbers, seed))  # level 5: the maths, computed
-    steps.update()
+    done()
 
     # 7. guidance ------------------------------------------------------------------------------
     if m.num_classes and m.meta.get("unguided"):  # e.g. a diffusers class model trained without a null label
@@ -293,19 +303,19 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     else:
         paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
     sections.append(Section("guidance", "Guidance", paragraphs, pics, level=4))
-    steps.update()
+    done()
     if prompted is not None:  # 7b. a prompt steers ------------------------------------------------------
         sections.append(prompt_section(prompted, out, {**params, "model": prompted.source}, numbers, seed))
-        steps.update()
+        done()
 
     if heard is not None:  # 8. sound -------------------------------------------------------------------
         from .sound import sound_section
         sections.append(sound_section(heard, out, {**params, "model": heard.source}, numbers, seed))
-        steps.update()
+        done()
     if seen is not None:  # 9. video --------------------------------------------------------------------
         from .video import video_section
         sections.append(video_section(seen, out, {**params, "model": seen.source}, numbers, seed))
-        steps.update()
+        done()
     steps.close()
 
     numbers["seconds"] = time.perf_counter() - t_start

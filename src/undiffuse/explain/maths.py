@@ -26,9 +26,9 @@ from .page import Picture, Section
 
 ORDER_SAMPLERS = {"ddim": 1, "dpmpp_2m": 2}   # sampler → its order in theory
 ORDER_STEPS = (5, 10, 20, 40)
-REFERENCE_STEPS = 160
+REFERENCE_STEPS = 120
 LIKELIHOOD_SETTINGS = EvalSettings(likelihood=2)   # `undiffuse evaluate --likelihood 2`'s settings
-FLOW_STEPS = 50        # steps of the ODE and the SDE drawn side by side (Karras grid)
+FLOW_STEPS = 32        # steps of the ODE and the SDE drawn side by side (Karras grid)
 FLOW_SEEDS = 8         # starting noises shared by the two
 TERM_STEPS = 40        # chain steps at which the bound's terms are computed
 TERM_IMAGES = 8        # held-out images they are averaged over

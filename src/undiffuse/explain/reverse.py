@@ -185,12 +185,11 @@ class NewImages:
 
 
 def new_images(model: LoadedModel, train: Tensor, seeds: list[int], label: int | None) -> NewImages:
-    """One sample per seed (same class) and its nearest training image in pixel space."""
-    out = []
-    for seed in seeds:
-        img, _ = generate(model, request(model, n=1, seed=seed, label=label), progress=False)
-        out.append(img[0])
-    samples = torch.stack(out)
+    """One sample per seed (same class) and its nearest training image in pixel space. The seeds are consecutive:
+    one batch draws them (sample i of a request is seeded seed + i, as one at a time would be)."""
+    if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError(f"new_images draws consecutive seeds in one batch, not {seeds}")
+    samples, _ = generate(model, request(model, n=len(seeds), seed=seeds[0], label=label), progress=False)
     dist, idx = nearest_neighbours(samples, train)
     probe = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:200]]
     d_train, _ = nearest_neighbours(probe, train, k=2)  # k = 1 is the image itself, at distance 0
