@@ -4,7 +4,7 @@ matmul peak, and what temporal attention costs against temporal convolution.
 Contenders, all the recipe's [model] and batch (16 clips × 8 frames of 32×32), in the precision training picks on
 this machine (``--precision auto``: bf16 autocast where the CPU has native bf16, else fp32):
 - ``image U-Net per frame``: the same U-Net without temporal layers on the 128 frames (the floor of any video net);
-- ``temporal = attention`` (the recipe), ``conv`` and ``both``.
+- ``temporal = attention``, ``conv`` (the recipe) and ``both``.
 Each step: forward on a fixed noised batch, MSE to the noise, backward, fused AdamW, as bench/train_throughput.py.
 Contenders are interleaved one step at a time (``--rounds`` after ``--warmup``), median frames/s. FLOPs:
 ``FlopCounterMode`` on one forward (2 per multiply-add), a training step = 3 × forward; "of peak" divides by the

@@ -51,6 +51,29 @@ def test_inpainting_with_resampling(digits):
     torch.testing.assert_close(out[0, :, 4:], img[:, 4:], atol=1e-4, rtol=0)
 
 
+def test_reconstruction_guidance_moves_the_unknown_part_down_the_known_parts_error():
+    """A denoiser that answers the mean of two frames for both: the known frame's error is
+    ‖y − (x_a + x_b)/2‖², whose gradient in x_b is 2 (y − mean) · (−½) = −(y − mean), so weight w moves
+    the unknown frame's estimate to mean + (w/2)(y − mean): w = 2 gives exactly y (VDM eq. 7)."""
+    from undiffuse.tasks.consistency import InpaintDenoiser, ReconstructionGuidedDenoiser
+
+    class MeanOfFrames(torch.nn.Module):
+        def forward(self, x, sigma, cond=None):
+            return x.mean(dim=1, keepdim=True).expand_as(x)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 2, 1, 4, 4, generator=g) * 0.3, torch.rand(1, 2, 1, 4, 4, generator=g) - 0.5
+    mask = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1, 1)
+    sigma = torch.full((3,), 0.5)
+    mean = x.mean(dim=1)
+    for w in (0.0, 1.0, 2.0):
+        out = ReconstructionGuidedDenoiser(MeanOfFrames(), y, mask, w)(x, sigma)
+        torch.testing.assert_close(out[:, 0], y[:, 0].expand(3, 1, 4, 4))          # the known frame as given
+        torch.testing.assert_close(out[:, 1], (mean + w / 2 * (y[:, 0] - mean)).clamp(-1, 1))
+    torch.testing.assert_close(ReconstructionGuidedDenoiser(MeanOfFrames(), y, mask, 0.0)(x, sigma),
+                               InpaintDenoiser(MeanOfFrames(), y, mask)(x, sigma))
+
+
 @pytest.mark.parametrize("name", samplers.names())
 def test_upscaled_output_averages_back_to_the_input(digits, name):
     low = image8(2)[:, :4, :4]

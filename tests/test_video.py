@@ -242,7 +242,10 @@ def test_animate_keeps_the_first_frame_and_makes_the_rest(video_run, tmp_path):
     assert result.exit_code == 0, result.output + str(result.exception)
     params = read_gif_params(out / "0000_seed0_Sneaker.gif")
     assert params["task"] == "image-to-video" and params["image"] == str(frame)
+    assert params["resample"] == 1 and params["guide"] == 5.0          # the measured defaults (tasks/video.py)
     refused = CliRunner().invoke(app, ["animate", str(frame), "--model", "fashion-mnist"])
     assert refused.exit_code != 0 and "not a video model" in str(refused.exception)
     with pytest.raises(UndiffuseError, match="first frame"):
         animate(model, torch.zeros(1, 8, 8), SampleRequest(n=1, steps=2))
+    with pytest.raises(UndiffuseError, match="guidance weight"):
+        animate(model, first, SampleRequest(n=1, steps=2), guide=-1.0)

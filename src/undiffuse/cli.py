@@ -355,12 +355,15 @@ def animate(
     model: Annotated[str, typer.Option(help="A video model: run folder, checkpoint file or shipped name.")]
     = "moving-sprites",
     class_: ClassOpt = None,
-    resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 0,
+    resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 1,
+    guide: Annotated[float, typer.Option(help="Reconstruction guidance weight on the other frames (0: off; one "
+                                              "backward pass per step).")] = 5.0,
     sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
     guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/animate"),
 ) -> None:
     """Image-to-video: IMAGE is the first frame, the video model makes the rest (a GIF, an MP4 and a PNG strip per
-    clip). The frame is written into every estimate x̂0 of the clip, as inpainting does over space."""
+    clip). The frame is written into every estimate x̂0 of the clip, as inpainting does over space, and the other
+    frames are pulled toward agreeing with it (reconstruction guidance, Ho et al. 2022)."""
     from dataclasses import replace
 
     import torch
@@ -373,11 +376,11 @@ def animate(
         raise UndiffuseError(f"--resample must be ≥ 0, got {resample}")
     if loaded.space.kind != "video":
         raise UndiffuseError(f"{model} is not a video model: animate needs one (e.g. configs/moving-sprites.toml)")
-    clips = run_animate(loaded, _load_input(image, loaded), req, resample=resample)
+    clips = run_animate(loaded, _load_input(image, loaded), req, resample=resample, guide=guide)
     asked = req.label if loaded.num_classes and req.label is not None and req.label >= 0 else None
     labels = torch.full((n,), asked) if asked is not None else None
     path = write_videos(loaded, replace(req, label=asked), clips, labels, out,
-                        {"task": "image-to-video", "image": str(image), "resample": resample})
+                        {"task": "image-to-video", "image": str(image), "resample": resample, "guide": guide})
     typer.echo(f"animated {n} clips from {image}: {path}")
 
 

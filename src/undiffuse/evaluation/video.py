@@ -200,14 +200,16 @@ class AnimateEvaluation:
 
 
 def evaluate_animate(model, n: int = 100, sampler: str | None = None, steps: int | None = None,
-                     guidance: float | None = None, seed: int = 0, progress: bool = True) -> AnimateEvaluation:
-    """Animate the first frames of ``n`` real test clips of the generator (each with its clip's class) and judge
-    the clips as :func:`evaluate_video` does, beside the real clips they started from."""
+                     guidance: float | None = None, seed: int = 0, resample: int | None = None,
+                     guide: float | None = None, progress: bool = True) -> AnimateEvaluation:
+    """Animate the first frames of ``n`` real test clips of the generator (each with its clip's class;
+    ``resample`` and ``guide`` as :func:`~undiffuse.tasks.video.animate`, its defaults when None) and judge the
+    clips as :func:`evaluate_video` does, beside the real clips they started from."""
     from tqdm.auto import tqdm
 
     from ..data.moving_sprites import moving_sprites
     from ..sampling import SampleRequest
-    from ..tasks.video import animate
+    from ..tasks.video import GUIDE, RESAMPLE, animate
     from .classifier import load_classifier
 
     d, s = model.config.data, model.config.sample
@@ -219,7 +221,8 @@ def evaluate_animate(model, n: int = 100, sampler: str | None = None, steps: int
         req = SampleRequest(n=1, seed=seed + i, sampler=sampler or s.sampler, steps=steps or s.steps, grid=s.grid,
                             label=int(real.labels[i]) if model.num_classes else None,
                             guidance=s.guidance if guidance is None else guidance)
-        made.append(animate(model, real_clips[i, 0], req)[0])
+        made.append(animate(model, real_clips[i, 0], req, resample=RESAMPLE if resample is None else resample,
+                            guide=GUIDE if guide is None else guide)[0])
     clips = torch.stack(made)
     judge = load_classifier(SPRITE_JUDGE)
     gen_scores, _ = clip_measures(clips, real.labels, judge, sprite)

@@ -291,7 +291,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
     elif m.num_classes:
         scales = (0.0, 1.0, 2.0, 4.0, 7.0)
         chosen = list(range(min(m.num_classes, 4)))
-        grid = reverse.guidance_grid(m, seed, chosen, scales)
+        grid = reverse.guidance_grid(m, seed, len(chosen), scales)
         names = [m.class_names[c] for c in chosen]
         paragraphs = ["Classifier-free guidance (Ho &amp; Salimans 2022) runs the network twice per step, with "
                       "the class and with the \"no class\" token it also learned, and extrapolates: "
@@ -299,7 +299,7 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                       "conditional model, larger w makes the class more pronounced and the images less varied. "
                       "A text prompt steers the same way, with a text embedding in place of the class."]
         pics = [Picture(_fig(out, "guidance.png", reverse.plot_guidance(grid, names, scales), params),
-                        "One seed per row at guidance scales w.")]
+                        f"One seed per row (seeds {seed} to {seed + len(chosen) - 1}) at guidance scales w.")]
     else:
         paragraphs, pics = ["This model is unconditional: it has no class or prompt to be guided by."], []
     sections.append(Section("guidance", "Guidance", paragraphs, pics, level=4))

@@ -235,14 +235,12 @@ def plot_samplers(runs: list[SamplerRun]) -> Figure:
 
 
 # --------------------------------------------------------------------------- guidance
-def guidance_grid(model: LoadedModel, seed: int, labels: list[int], scales: tuple[float, ...]) -> Tensor:
-    """(len(labels), len(scales), C, H, W): one seed per class at each guidance scale."""
-    rows = []
-    for label in labels:
-        row = [generate(model, request(model, n=1, seed=seed, label=label, guidance=w), progress=False)[0][0]
-               for w in scales]
-        rows.append(torch.stack(row))
-    return torch.stack(rows)
+def guidance_grid(model: LoadedModel, seed: int, classes: int, scales: tuple[float, ...]) -> Tensor:
+    """(classes, len(scales), C, H, W): classes 0…classes−1, row i seeded seed + i, at each guidance scale (one
+    batch per scale: a request without a label draws the classes in turn)."""
+    cols = [generate(model, request(model, n=classes, seed=seed, label=None, guidance=w), progress=False)[0]
+            for w in scales]
+    return torch.stack(cols, dim=1)
 
 
 def plot_guidance(grid: Tensor, names: list[str], scales: tuple[float, ...]) -> Figure:

@@ -4,6 +4,10 @@
   2021, App. I, applied to x̂₀), optionally with RePaint-style resampling (Lugmayr et al. 2022):
   r times per call, re-noise the blended estimate to the current σ and denoise again, which lets the
   hole agree with its surroundings.
+- Reconstruction guidance (Ho et al. 2022, Video Diffusion Models, eq. 7): the unknown part of x̂₀ also moves
+  down the gradient of the known part's reconstruction error with respect to the noisy input,
+  x̂₀ᵇ ← x̂₀ᵇ − (w_r/2) ∇_{xᵇ} ‖m ⊙ (y − x̂₀(x))‖², so the net's own estimate of the known part pulls the rest into
+  agreement with it (replacement alone fixes the known part but not what the net makes of the rest).
 - Super-resolution: x̂₀ ← x̂₀ - U(A x̂₀) + U(y), with A the f×f average pooling and U nearest
   up-sampling: the low frequencies come from the input, the details from the model (ILVR, Choi et al.
   2021; the DDRM projection, Kawar et al. 2022, for this A). A x̂₀ = y holds exactly, since A U = I.
@@ -45,13 +49,35 @@ class InpaintDenoiser(Denoiser):
     def _blend(self, x0: Tensor) -> Tensor:
         return self.mask * self.known + (1 - self.mask) * x0
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        x0 = self._blend(self.inner(x, sigma, cond).clamp(-1, 1))
-        s = sigma.reshape(-1, *[1] * (x.ndim - 1))
-        for _ in range(self.resample):  # re-noise the harmonised estimate to σ and look again
-            noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+    def _resampled(self, x0: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        """Re-noise the harmonised estimate to σ and look again, ``resample`` times."""
+        s = sigma.reshape(-1, *[1] * (x0.ndim - 1))
+        for _ in range(self.resample):
+            noise = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
             x0 = self._blend(self.inner(x0 + s * noise, sigma, cond).clamp(-1, 1))
         return x0
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        return self._resampled(self._blend(self.inner(x, sigma, cond).clamp(-1, 1)), sigma, cond)
+
+
+class ReconstructionGuidedDenoiser(InpaintDenoiser):
+    """:class:`InpaintDenoiser` whose unknown part of x̂₀ is also moved by reconstruction guidance of weight
+    ``weight`` (one backward pass through the denoiser per call)."""
+
+    def __init__(self, inner: nn.Module, known: Tensor, mask: Tensor, weight: float, resample: int = 0,
+                 generator: torch.Generator | None = None):
+        super().__init__(inner, known, mask, resample, generator)
+        self.weight = weight
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = self.inner(xg, sigma, cond)
+            error = (self.mask * (self.known - x0)).square().sum()
+            (grad,) = torch.autograd.grad(error, xg)
+        x0 = x0.detach() - (1 - self.mask) * (self.weight / 2) * grad
+        return self._resampled(self._blend(x0.clamp(-1, 1)), sigma, cond)
 
 
 class UpscaleDenoiser(Denoiser):
