@@ -11,6 +11,8 @@ real at the same n) is printed.
 
     .venv/bin/python bench/guidance_options.py --autoguide ~/runs/early-00002000.safetensors \\
         --json bench/results/guidance-options.json
+    .venv/bin/python bench/guidance_options.py --n 500 --features classifier --intervals "0.3,5;1,80" \
+        --rescales 0.7 --autoguide ~/runs/fashion-mnist-3level --autoguide-weights 2,3   # the shorter run
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
                     "model's guidance and at the largest --weights)")
     ap.add_argument("--rescales", default="0.5,0.7")
     ap.add_argument("--autoguide", default="", help="comma-separated weaker models of the same kind")
+    ap.add_argument("--autoguide-weights", default="", help="the weights of the autoguidance rows (default: --weights)")
     ap.add_argument("--features", choices=("classifier", "inception"), default="inception")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
@@ -68,9 +71,10 @@ def main() -> None:
     rescales = [float(phi) for phi in args.rescales.split(",") if phi]
     rows_spec += [(f"CFG w = {w:g}, rescale φ = {phi:g}", {"guidance": w, "guidance_rescale": phi})
                   for w in sorted({card.guidance, max(weights)}) for phi in rescales]
+    auto_weights = [float(w) for w in args.autoguide_weights.split(",") if w] or weights
     for guide in filter(None, args.autoguide.split(",")):
         rows_spec += [(f"autoguidance by {Path(guide).name}, w = {w:g}", {"guidance": w, "autoguide": guide})
-                      for w in weights]
+                      for w in auto_weights]
 
     calls = {"rows": 0}
 

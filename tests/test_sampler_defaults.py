@@ -37,12 +37,15 @@ def shipped(one_thread):
     return load_model("fashion-mnist"), load_classifier()
 
 
-def test_default_grid_starts_at_the_cap(shipped):
-    """The card's grid (Karras) starts at σ = 80 on the cosine chain, not at its last σ of 2·10⁴."""
+def test_karras_grid_starts_at_the_cap(shipped):
+    """A Karras grid on the shipped model's cosine chain starts at σ = 80, not at its last σ of 2·10⁴; the card's
+    own grid (trailing) keeps the chain's whole range."""
     model, _ = shipped
-    grid = model.sigmas(STEPS)
+    grid = model.sigmas(STEPS, "karras")
     schedule = process.DiscreteSchedule.from_name("cosine", 1000)
-    assert model.config.sample.grid == "karras" and schedule.sigma_max > 1e4
+    assert model.config.diffusion.schedule == "cosine" and schedule.sigma_max > 1e4
+    assert model.config.sample.grid == "trailing" and math.isclose(float(model.sigmas(STEPS)[0]), schedule.sigma_max,
+                                                                   rel_tol=1e-4)
     assert math.isclose(float(grid[0]), process.GRID_SIGMA_MAX)
     assert math.isclose(float(grid[-2]), schedule.sigma_min) and grid[-1] == 0
 
