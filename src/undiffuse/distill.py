@@ -39,6 +39,7 @@ from .errors import UndiffuseError
 from .guidance import CFGDenoiser
 from .model_files import resolve_model_path
 from .models import LoadedModel, load_model, sigma_range
+from .nets.cpu import keep_freed_memory
 from .process import sigmas_karras
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
     """The trajectories of ``cfg.distill.teacher`` (``teacher``: that model, loaded) for ``cfg``, generated where the
     cache lacks them."""
     teacher = teacher or load_model(cfg.distill.teacher)
+    keep_freed_memory()  # batches of 256 guided: activations over 32 MiB, page-faulted afresh at every call otherwise
     if teacher.meta.get("dim") is not None:
         raise UndiffuseError(f"distill.teacher: {cfg.distill.teacher} is a point-data model; distillation is for "
                              "image models")
