@@ -15,8 +15,9 @@ shipped classifier recognises as the asked class, and the seconds of sampling.
 
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --json bench/results/few-step.json
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --n 100 --diffusers DPMSolverMultistep
-    .venv/bin/python bench/few_step.py --student fashion-mnist-fast --ours dpmpp_2m:trailing \
-        --diffusers DPMSolverMultistep,UniPCMultistep --no-unguided      # the rows the issue asks for
+    .venv/bin/python bench/few_step.py --student fashion-mnist-fast --ours unipc:trailing \
+        --diffusers UniPCMultistep,DPMSolverMultistep --no-unguided \
+        --json bench/results/few-step.json                               # bench/README.md's run
 """
 
 from __future__ import annotations

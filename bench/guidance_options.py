@@ -11,8 +11,9 @@ real at the same n) is printed.
 
     .venv/bin/python bench/guidance_options.py --autoguide ~/runs/early-00002000.safetensors \\
         --json bench/results/guidance-options.json
-    .venv/bin/python bench/guidance_options.py --n 500 --features classifier --intervals "0.3,5;1,80" \
-        --rescales 0.7 --autoguide ~/runs/fashion-mnist-3level --autoguide-weights 2,3   # the shorter run
+    .venv/bin/python bench/guidance_options.py --n 300 --features classifier --intervals "0.3,5" --rescales 0.7 \
+        --autoguide ~/runs/fashion-mnist-3level --autoguide-weights 2 \
+        --json bench/results/guidance-options.json          # bench/README.md's run (~10 min on 2 cores)
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/ship_model.py runs/fashion-mnist fashion-mnist \
         --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
+    .venv/bin/python scripts/ship_model.py runs/fashion-mnist-fast fashion-mnist-fast \
+        --command "undiffuse train configs/fashion-mnist-fast.toml" --set sample.steps=1
 
 Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part
 of its latest checkpoint; a latent model's autoencoder with it), its floating-point tensors in bf16 (sampling
@@ -23,6 +25,7 @@ import torch
 
 from undiffuse.data import emoji, openmoji, tuxpaint
 from undiffuse.checkpoint import group, load_checkpoint, prefixed, save_checkpoint
+from undiffuse.config import apply_overrides
 from undiffuse.model_files import PRETRAINED_DIR
 
 
@@ -50,6 +53,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None, help="training wall time (default: from the run)")
     ap.add_argument("--hardware", default=None, help="default: this machine's CPU and core count")
     ap.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: bf16, half the size)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the card, e.g. --set sample.steps=1 (sample settings measured after training)")
     args = ap.parse_args()
 
     source = args.run / "model.safetensors"
@@ -64,6 +69,7 @@ def main() -> None:
     weights = {**prefixed(ema, "ema"), **prefixed(group(tensors, "autoencoder"), "autoencoder")}
     if not args.fp32:
         weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
+    meta["config"] = apply_overrides(meta["config"], args.set)
     meta["config"]["out_dir"] = ""  # where it was trained is no part of the model
     if meta["config"]["train"].get("init"):  # a fine-tune names the run it started from as its recipe does
         meta["config"]["train"]["init"] = f"runs/{Path(meta['config']['train']['init']).name}"

@@ -3,16 +3,12 @@ model distilled so that 1, 2 or 4 network evaluations draw the asked garment, gu
 bench/few_step.py measures it against its teacher and diffusers' schedulers at n = 1 000."""
 
 import pytest
-import torch
+from conftest import draw_clear_classes
 
 from undiffuse.evaluation.classifier import load_classifier
 from undiffuse.models import load_model
-from undiffuse.sampling import SampleRequest, generate
 
-# The five classes the shipped classifier names best on real test images (96–99 %; see test_sampler_defaults.py),
-# two seeded images each: a miss is the model's, not the classifier's confusion of shirts and T-shirts.
-CLASSES = (1, 5, 7, 8, 9)
-PER_CLASS = 2
+# Two seeded images each of the five classes the shipped classifier names best (conftest.CLEAR_CLASSES).
 # ≥ 8 of 10 recognised. bench/few_step.py (n = 1 000, all ten classes) measured the student at 1, 2 and 4 steps
 # recognising 96-98 % of the asked class; a model that recognises 96 % falls below 8 of 10 with probability 1 %,
 # on these five clear classes far less.
@@ -36,16 +32,10 @@ def test_each_step_count_draws_the_asked_class_in_one_evaluation_per_step(fast, 
     rows = []
     hook = model.denoiser.net.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
     try:
-        images, labels = [], []
-        for c in CLASSES:
-            req = SampleRequest(n=PER_CLASS, seed=100 * c, sampler=card.sampler, steps=steps, grid=card.grid,
-                                guidance=card.guidance, label=c)
-            drawn, asked = generate(model, req, progress=False)
-            images.append(drawn)
-            labels.append(asked)
+        images, labels = draw_clear_classes(model, sampler=card.sampler, steps=steps, grid=card.grid,
+                                            guidance=card.guidance)
     finally:
         hook.remove()
-    images, labels = torch.cat(images), torch.cat(labels)
     assert sum(rows) == steps * len(labels)         # guidance distilled in: one evaluation per image and step
     assert float((images.abs() > 1.2).float().mean()) <= 0.01
     recognised = int((classifier.predict(images.clamp(-1, 1)) == labels).sum())
