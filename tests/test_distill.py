@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from undiffuse import distill, samplers
 from undiffuse.cli import app
 from undiffuse.config import Config, DistillConfig, load_config
+from undiffuse.denoiser import with_precision
 from undiffuse.data.digits import load_digits_data
 from undiffuse.errors import UndiffuseError
 from undiffuse.evaluation import sliced_wasserstein
@@ -130,6 +131,39 @@ def test_trajectories_are_cached_and_reused(teacher, tmp_path, monkeypatch):
     monkeypatch.setattr(distill, "generate_chunk", no_generation)
     again = distill.trajectory_data(cfg, progress=False)
     assert torch.equal(again.states, data.states) and torch.equal(again.ends, data.ends)
+
+
+def test_renoised_targets_are_the_teachers_ends_from_re_noised_ends(teacher, tmp_path, monkeypatch):
+    """distill.renoise: below the first level the student learns from x̂ + σ_l·ε (what multistep sampling feeds it),
+    with the teacher's guided ODE end from that point as the target, not from states of the guided ODE."""
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    cfg = load_config(ROOT / "configs" / "digits-smoke.toml",
+                      [f"distill.teacher='{teacher}'", "distill.trajectories=6", "distill.steps_per_level=2",
+                       "distill.renoise=true", "distill.sigmas=[80.0, 2.0, 0.6]"])
+    cfg.diffusion.parameterization = "v"
+    data = distill.trajectory_data(cfg, progress=False)
+    assert data.renoised.shape == data.renoised_ends.shape == (6, 2, 1, 8, 8)
+    for level, sigma in ((1, 2.0), (2, 0.6)):  # a re-noised end: the end plus N(0, σ_l²)
+        noise = (data.renoised[:, level - 1] - data.ends) / sigma
+        assert 0.85 < float(noise.std()) < 1.15 and abs(float(noise.mean())) < 0.15
+    tutor = load_model(teacher)
+    grid, at = distill.teacher_grid([80.0, 2.0, 0.6], 2, sigma_min=float(grid_min(tutor)))
+    guided = CFGDenoiser(with_precision(tutor.denoiser, "auto"), tutor.config.sample.guidance)  # as generated
+    end = samplers.get("dpmpp_2m")(guided, data.renoised[:, 1], grid[at[2]:], cond=data.labels)
+    assert torch.allclose(end, data.renoised_ends[:, 1], atol=1e-4)
+    # pairs: level 0 is the trajectory's start and end, the lower levels the re-noised ones
+    x, sigma, _, target = data.pairs(torch.arange(6).repeat(20), torch.Generator().manual_seed(0))
+    for i, (s, xi, ti) in enumerate(zip(sigma.tolist(), x, target, strict=True)):
+        row, level = i % 6, data.levels.tolist().index(s)
+        want_x = data.states[row, 0] if level == 0 else data.renoised[row, level - 1]
+        want_t = data.ends[row] if level == 0 else data.renoised_ends[row, level - 1]
+        assert torch.equal(xi, want_x) and torch.equal(ti, want_t)
+    assert set(sigma.tolist()) == set(data.levels.tolist())  # every level drawn
+
+
+def grid_min(model):
+    from undiffuse.models import sigma_range
+    return sigma_range(model.config)[0]
 
 
 def test_the_student_beats_the_teacher_at_one_step(teacher, tmp_path, monkeypatch):

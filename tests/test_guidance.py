@@ -208,3 +208,28 @@ def test_generate_with_every_guidance_option(tmp_path):
     assert result.exit_code == 0, result.output
     params = read_params(out / "grid.png")
     assert params["guidance_rescale"] == 0.5 and params["autoguide"] == str(model)
+
+
+def test_the_cards_guidance_interval_is_the_default(tmp_path):
+    """A card's [sample] guidance_interval applies when --guidance-interval is left out; 0,inf guides everywhere."""
+    cfg = tiny_config(8)
+    cfg.sample.guidance_interval = [0.5, 20.0]
+    cfg.sample.grid = "karras"
+    model = write_random_model(tmp_path / "m.safetensors", cfg, ["a", "b"])
+    seen = {}
+    for name, extra in (("card", []), ("everywhere", ["--guidance-interval", "0,inf"]),
+                        ("asked", ["--guidance-interval", "1,2"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["sample", str(model), "--n", "2", "--steps", "4", "--out", str(out),
+                                          "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        seen[name] = read_params(out / "grid.png")["guidance_interval"]
+    assert seen == {"card": [0.5, 20.0], "everywhere": [0.0, math.inf], "asked": [1.0, 2.0]}
+
+
+@pytest.mark.parametrize("interval", [[1.0], [2.0, 1.0], [-1.0, 3.0]])
+def test_a_card_refuses_a_bad_guidance_interval(interval):
+    cfg = tiny_config(8)
+    cfg.sample.guidance_interval = interval
+    with pytest.raises(UndiffuseError, match=r"sample.guidance_interval must be \[\] or \[LO, HI\]"):
+        cfg.validate()

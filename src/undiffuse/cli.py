@@ -112,7 +112,7 @@ EpsScaleOpt = Annotated[float, typer.Option(help="Divide the predicted noise by 
 IntervalOpt = Annotated[str | None, typer.Option(
     metavar="LO,HI", help="Guidance interval (Kynkäänniemi et al. 2024): guide only while σ is in [LO, HI] (σ of the "
     "model's space; HI may be inf); outside it one conditional evaluation per step instead of two. "
-    "Default: guide at every σ.")]
+    "Default: the model card's ([sample] guidance_interval, else every σ); 0,inf guides at every σ.")]
 RescaleOpt = Annotated[float, typer.Option(
     metavar="PHI", help="CFG rescale φ in [0, 1] (Lin et al. 2024): scale each guided x̂0 towards the conditional "
     "x̂0's standard deviation (φ = 1: exactly it); 0 = off.")]
@@ -197,7 +197,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
     """The loaded model and the request of `sample` / `generate`: the options given, the rest from the model card, or
     with --from-png from the PNG's parameters (the options given on the command line win)."""
     from .models import load_model
-    from .sampling import SampleRequest, card_defaults, parse_class
+    from .sampling import SampleRequest, card_defaults, card_interval, parse_class
 
     given = _given(ctx)
     if from_png is not None:
@@ -213,6 +213,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
         request, loaded = dict(options), load_model(model)
     request["sampler"], request["steps"], request["grid"], request["guidance"] = card_defaults(
         loaded, request.get("sampler"), request.get("steps"), request.get("grid"), request.get("guidance"))
+    request["guidance_interval"] = card_interval(loaded, request.get("guidance_interval"))
     return loaded, SampleRequest(**request, label=parse_class(loaded, class_))
 
 
@@ -523,6 +524,7 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Generated images per setting, and real images per real set.")] = 1000,
     guidance: Annotated[float | None, typer.Option(help="Guidance of a class-conditional model "
                                                    "(default: its recipe's).")] = None,
+    guidance_interval: IntervalOpt = None,
     features: Annotated[str | None, typer.Option(help="Feature network: inception (FID) or classifier (the shipped "
                                                  "Fashion-MNIST classifier, or the spoken-digit judge for a sound "
                                                  "model). Default: inception for images, classifier for sounds.")]
@@ -580,7 +582,8 @@ def evaluate(
         return
     settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
-                            features=features, likelihood=likelihood)
+                            features=features, likelihood=likelihood,
+                            guidance_interval=_guidance_options(guidance_interval, 0.0, None)["guidance_interval"])
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

@@ -147,6 +147,8 @@ class DistillConfig:
     steps_per_level: int = 6         # teacher solver steps between two levels (and from the last level to 0)
     sampler: str = "dpmpp_2m"        # the teacher's solver of the probability-flow ODE
     guidance: float = 0.0            # the teacher's classifier-free guidance, distilled in (0: its recipe's)
+    renoise: bool = False            # below the first level, learn from re-noised trajectory ends x̂ + σ_l·ε (the
+    #                                  inputs multistep sampling meets) with the teacher's ODE end from there as target
 
 
 @dataclass
@@ -156,6 +158,8 @@ class SampleConfig:
     grid: str = "karras"             # σ grid: karras | exponential | leading | trailing | linspace | flow, or
     #                                  distilled (a few-step model's levels, distill.sigmas)
     guidance: float = 2.0            # classifier-free guidance scale (1: plain conditional)
+    guidance_interval: list[float] = field(default_factory=list)  # [lo, hi]: guide only for σ in it (Kynkäänniemi
+    #                                  et al. 2024), one evaluation elsewhere; []: every σ
     n: int = 64                      # images in a preview grid
 
 
@@ -224,7 +228,11 @@ class Config:
                   ("distill.guidance", self.distill.guidance >= 0, "≥ 0"),
                   ("distill.sigmas", len(self.distill.sigmas) >= 1 and all(s > 0 for s in self.distill.sigmas)
                    and all(a > b for a, b in itertools.pairwise(self.distill.sigmas)),
-                   "a non-empty list of positive σ levels, highest first")]
+                   "a non-empty list of positive σ levels, highest first"),
+                  ("sample.guidance_interval", self.sample.guidance_interval == [] or (
+                      len(self.sample.guidance_interval) == 2
+                      and 0 <= self.sample.guidance_interval[0] <= self.sample.guidance_interval[1]),
+                   "[] or [LO, HI] with 0 ≤ LO ≤ HI")]
         for key, ok, allowed in checks:
             if not ok:
                 raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")

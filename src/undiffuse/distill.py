@@ -9,9 +9,13 @@ distillation of samplers (Luhman & Luhman 2021) extended to several levels. Guid
 student takes one evaluation per step.
 
 Sampling is multistep consistency sampling (``samplers.consistency``) on the ``distilled`` grid: one step maps
-noise to an image; n steps re-noise the estimate to levels ⌊lL/n⌋ and denoise again. For a level l, the states
-x_{σ_l} of exact PF-ODE trajectories have the marginal of the data blurred by N(0, σ_l²), the same marginal as a
-re-noised estimate, so the student is trained on the inputs it meets when sampling.
+noise to an image; n steps re-noise the estimate to levels ⌊lL/n⌋ and denoise again. Without guidance the
+states x_{σ_l} of exact PF-ODE trajectories have the marginal of the data blurred by N(0, σ_l²), the same
+marginal as a re-noised estimate; a guided ODE's states do not (guidance is not the score of any blurred
+distribution), so a student fitted to them meets unfamiliar inputs at its second step. With ``distill.renoise``
+the levels below the first are learnt from the inputs sampling makes instead: each trajectory's end re-noised,
+x̂ + σ_l·ε, with the teacher's guided ODE end from that point as the target (an SDEdit-style refinement by the
+teacher, Meng et al. 2022, distilled one level at a time).
 
 Trajectories are generated once (one seed per trajectory, classes in turn) and cached in chunks keyed by the
 teacher's weights and the distill settings; an interrupted generation resumes at the next missing chunk.
@@ -77,6 +81,8 @@ class TrajectoryData:
     labels: Tensor
     levels: Tensor
     class_names: list[str]
+    renoised: Tensor | None = None        # (N, L-1, *shape): ends re-noised to levels 1 … L-1 (distill.renoise)
+    renoised_ends: Tensor | None = None   # (N, L-1, *shape): the teacher's ODE end from each of them
     dim: None = None
 
     @property
@@ -88,7 +94,13 @@ class TrajectoryData:
 
     def pairs(self, indices: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         level = torch.randint(len(self.levels), (len(indices),), generator=generator)
-        return self.states[indices, level], self.levels[level], self.labels[indices], self.ends[indices]
+        x, end = self.states[indices, level], self.ends[indices]
+        if self.renoised is not None:  # below the first level: a re-noised end and the teacher's end from there
+            low = level > 0
+            below = (level[low] - 1)
+            x[low] = self.renoised[indices[low], below]
+            end[low] = self.renoised_ends[indices[low], below]
+        return x, self.levels[level], self.labels[indices], end
 
 
 def distillation_loss(student, x: Tensor, sigma: Tensor, cond: Tensor | None, end: Tensor) -> Tensor:
@@ -134,9 +146,16 @@ def generate_chunk(teacher: LoadedModel, cfg: Config, start: int, count: int, gu
         if i in where:
             states[:, where[i]] = x_i
 
-    end = samplers.get(cfg.distill.sampler)(denoiser, x, grid, cond=labels if teacher.num_classes else None,
-                                            generator=gens, callback=keep)
-    return {"states": states, "ends": end, "labels": labels}
+    solve = samplers.get(cfg.distill.sampler)
+    cond = labels if teacher.num_classes else None
+    end = solve(denoiser, x, grid, cond=cond, generator=gens, callback=keep)
+    out = {"states": states, "ends": end, "labels": labels}
+    if cfg.distill.renoise:  # the end re-noised to each lower level, and where the teacher's ODE takes it from there
+        starts = [end + samplers.randn(end.shape, gens) * float(grid[step]) for step in at[1:]]
+        out["renoised"] = torch.stack(starts, 1)
+        out["renoised_ends"] = torch.stack([solve(denoiser, x_l, grid[step:], cond=cond, generator=gens)
+                                            for x_l, step in zip(starts, at[1:], strict=True)], 1)
+    return out
 
 
 def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: bool = True) -> TrajectoryData:
@@ -154,7 +173,8 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
     folder = cache_dir() / _key(resolve_model_path(cfg.distill.teacher), cfg, guidance)
     n = cfg.distill.trajectories
     chunks = []
-    nfe = (len(grid) - 1) * (2 if teacher.num_classes and guidance != 1 else 1)
+    steps = len(grid) - 1 + (sum(len(grid) - 1 - step for step in at[1:]) if cfg.distill.renoise else 0)
+    nfe = steps * (2 if teacher.num_classes and guidance != 1 else 1)
     with tqdm(total=n, disable=not progress, desc=f"teacher trajectories ({nfe} NFE each)", unit="traj") as bar:
         for start in range(0, n, CHUNK):
             count = min(CHUNK, n - start)
@@ -182,6 +202,7 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
             else:
                 bar.update(count)
             chunks.append({k: v[:count] for k, v in chunk.items()})
-    cat = {k: torch.cat([c[k] for c in chunks]) for k in ("states", "ends", "labels")}
+    cat = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
     levels = torch.tensor(cfg.distill.sigmas, dtype=torch.float32)
-    return TrajectoryData(cat["states"], cat["ends"], cat["labels"].long(), levels, list(teacher.class_names))
+    return TrajectoryData(cat["states"], cat["ends"], cat["labels"].long(), levels, list(teacher.class_names),
+                          cat.get("renoised"), cat.get("renoised_ends"))

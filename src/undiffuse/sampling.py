@@ -266,6 +266,14 @@ def card_defaults(loaded: LoadedModel, sampler: str | None, steps: int | None, g
             card.guidance if guidance is None else guidance)
 
 
+def card_interval(loaded: LoadedModel, interval: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The guidance interval asked for, or the model card's (``[sample] guidance_interval``; none: every σ)."""
+    if interval is not None:
+        return interval
+    card = loaded.config.sample.guidance_interval
+    return (float(card[0]), float(card[1])) if card else None
+
+
 def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:
     """One PNG per result of an image task and their grid, each carrying the task's parameters."""
     params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import samplers
 from ..errors import UndiffuseError
 from ..models import LoadedModel, build_schedule, sigma_range
-from ..sampling import SampleRequest, generate
+from ..sampling import SampleRequest, card_interval, generate
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
 from .nearest import novelty
@@ -40,6 +40,7 @@ class EvalSettings:
     steps: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     n: int = 1000                  # generated images per setting (and real images per real set)
     guidance: float | None = None  # None: the model's recipe (class-conditional models)
+    guidance_interval: tuple[float, float] | None = None  # None: the model card's (its [sample] guidance_interval)
     seed: int = 0
     grid: str | None = None        # σ grid; None: the model's recipe
     features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
@@ -69,7 +70,8 @@ class Row:
 
     sampler: str
     steps: int
-    nfe: float                 # denoiser evaluations per sample (guidance's two branches count once)
+    nfe: float                 # denoiser evaluations per sample (guidance's two branches count once: a step
+    #                            outside the guidance interval, one branch, counts ½)
     seconds: float             # wall time to draw the n samples
     scores: Scores
     accuracy: float | None = None            # classifier recognises the class asked for
@@ -86,6 +88,7 @@ class Evaluation:
     reference: str
     features: str
     guidance: float | None
+    guidance_interval: tuple[float, float] | None  # σ range guided in (None: every σ)
     floor: Scores
     floor_accuracy: float | None
     rows: list[Row]
@@ -247,6 +250,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     floor_accuracy = _accuracy(clf, ref.a, ref.labels_a, model.class_names)[0] if clf is not None else None
     guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
     guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
+    interval = card_interval(model, settings.guidance_interval) if guided else None
 
     training = _training_sounds(model)
     rows = []
@@ -256,7 +260,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
         for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
                                 grid=settings.grid or model.config.sample.grid, guidance=guidance,
-                                batch_size=settings.batch_size)
+                                guidance_interval=interval, batch_size=settings.batch_size)
             counter.rows = 0
             t0 = time.perf_counter()
             images, labels = generate(model, req, progress=progress)
@@ -280,4 +284,4 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d %H:%M")}
     return Evaluation(model.source, settings.n, ref.source, settings.features, guidance if model.num_classes else None,
-                      floor, floor_accuracy, rows, asdict(settings), likelihood, environment)
+                      interval, floor, floor_accuracy, rows, asdict(settings), likelihood, environment)

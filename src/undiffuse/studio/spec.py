@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import samplers
-from ..sampling import card_defaults
+from ..sampling import card_defaults, card_interval
 from ..errors import UndiffuseError
 from ..guidance import parse_interval
 from ..models import config_sigmas
@@ -142,7 +142,7 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     rho = _number(body, "rho", float, 0.01, 100, 7.0)
     eps_scale = _number(body, "eps_scale", float, 0.01, 100, 1.0)
     rescale = _number(body, "guidance_rescale", float, 0, 1, 0.0)
-    interval = _interval(body.get("guidance_interval"))
+    interval = card_interval(entry, _interval(body.get("guidance_interval")))
     precision = _choice(body, "precision", PRECISIONS, "auto")
     guide = catalogue.get(body["autoguide"], "autoguide model") if body.get("autoguide") else None
     config_sigmas(entry.config, steps, grid, sigma_min, sigma_max, rho)  # a grid that cannot be built: refused now
