@@ -2,6 +2,8 @@
 trainer's distillation run end to end (checkpoints, exact resume) and a student whose 1-step samples beat the
 teacher's."""
 
+import math
+
 import pytest
 import torch
 from conftest import ROOT
@@ -14,7 +16,7 @@ from undiffuse.denoiser import with_precision
 from undiffuse.data.digits import load_digits_data
 from undiffuse.errors import UndiffuseError
 from undiffuse.evaluation import sliced_wasserstein
-from undiffuse.guidance import CFGDenoiser
+from undiffuse.guidance import CFGDenoiser, GuidanceInterval
 from undiffuse.models import config_sigmas, load_model
 from undiffuse.process import distilled_sigmas
 
@@ -159,6 +161,18 @@ def test_renoised_targets_are_the_teachers_ends_from_re_noised_ends(teacher, tmp
         want_t = data.ends[row] if level == 0 else data.renoised_ends[row, level - 1]
         assert torch.equal(xi, want_x) and torch.equal(ti, want_t)
     assert set(sigma.tolist()) == set(data.levels.tolist())  # every level drawn
+
+
+def test_the_teacher_guides_in_its_cards_interval_unless_told():
+    fashion = load_model("fashion-mnist")
+    card = fashion.config.sample.guidance_interval
+    cfg = Config(distill=DistillConfig(teacher="fashion-mnist"))
+    assert card and distill.teacher_interval(cfg, fashion) == GuidanceInterval(*card)
+    cfg.distill.guidance_interval = [0.0, math.inf]
+    assert distill.teacher_interval(cfg, fashion) == GuidanceInterval(0.0, math.inf)
+    cfg.distill.guidance_interval = [3.0, 1.0]
+    with pytest.raises(UndiffuseError, match=r"distill.guidance_interval must be \[\] or \[LO, HI\]"):
+        cfg.validate()
 
 
 def grid_min(model):

@@ -147,6 +147,8 @@ class DistillConfig:
     steps_per_level: int = 6         # teacher solver steps between two levels (and from the last level to 0)
     sampler: str = "dpmpp_2m"        # the teacher's solver of the probability-flow ODE
     guidance: float = 0.0            # the teacher's classifier-free guidance, distilled in (0: its recipe's)
+    guidance_interval: list[float] = field(default_factory=list)  # σ range the teacher guides in ([]: its card's
+    #                                  sample.guidance_interval; [0, inf]: every σ)
     renoise: bool = False            # below the first level, learn from re-noised trajectory ends x̂ + σ_l·ε (the
     #                                  inputs multistep sampling meets) with the teacher's ODE end from there as target
 
@@ -229,10 +231,10 @@ class Config:
                   ("distill.sigmas", len(self.distill.sigmas) >= 1 and all(s > 0 for s in self.distill.sigmas)
                    and all(a > b for a, b in itertools.pairwise(self.distill.sigmas)),
                    "a non-empty list of positive σ levels, highest first"),
-                  ("sample.guidance_interval", self.sample.guidance_interval == [] or (
-                      len(self.sample.guidance_interval) == 2
-                      and 0 <= self.sample.guidance_interval[0] <= self.sample.guidance_interval[1]),
-                   "[] or [LO, HI] with 0 ≤ LO ≤ HI")]
+                  *((key, interval == [] or (len(interval) == 2 and 0 <= interval[0] <= interval[1]),
+                     "[] or [LO, HI] with 0 ≤ LO ≤ HI")
+                    for key, interval in (("sample.guidance_interval", self.sample.guidance_interval),
+                                          ("distill.guidance_interval", self.distill.guidance_interval)))]
         for key, ok, allowed in checks:
             if not ok:
                 raise UndiffuseError(f"{key} must be {allowed}, got {_get(self, key)!r}")

@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, to_dict
 from .denoiser import with_precision
 from .errors import UndiffuseError
-from .guidance import CFGDenoiser
+from .guidance import CFGDenoiser, GuidanceInterval
 from .model_files import resolve_model_path
 from .models import LoadedModel, load_model, sigma_range
 from .nets.cpu import keep_freed_memory
@@ -129,8 +129,14 @@ def teacher_guidance(cfg: Config, teacher: LoadedModel) -> float:
     return cfg.distill.guidance or teacher.config.sample.guidance
 
 
+def teacher_interval(cfg: Config, teacher: LoadedModel) -> GuidanceInterval | None:
+    """The σ range the teacher guides in: ``distill.guidance_interval``, or its card's (None: every σ)."""
+    interval = cfg.distill.guidance_interval or teacher.config.sample.guidance_interval
+    return GuidanceInterval(*(float(v) for v in interval)) if interval else None
+
+
 def generate_chunk(teacher: LoadedModel, cfg: Config, start: int, count: int, guidance: float,
-                   grid: Tensor, at: list[int]) -> dict[str, Tensor]:
+                   grid: Tensor, at: list[int], interval: GuidanceInterval | None = None) -> dict[str, Tensor]:
     """Trajectories ``start`` … ``start + count - 1``: seed ``train.seed·10⁹ + i``, class i mod K."""
     shape = teacher.space.shape
     idx = torch.arange(start, start + count)
@@ -138,7 +144,7 @@ def generate_chunk(teacher: LoadedModel, cfg: Config, start: int, count: int, gu
     gens = samplers.make_generators([cfg.train.seed * 10**9 + int(i) for i in idx])
     x = samplers.randn((count, *shape), gens) * float(grid[0])
     base = with_precision(teacher.denoiser, "auto")
-    denoiser = CFGDenoiser(base, guidance) if teacher.num_classes else base
+    denoiser = CFGDenoiser(base, guidance, interval=interval) if teacher.num_classes else base
     states = torch.empty(count, len(at), *shape)
     where = {step: level for level, step in enumerate(at)}
 
@@ -167,7 +173,7 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
         raise UndiffuseError(f"distill.teacher: {cfg.distill.teacher} is a point-data model; distillation is for "
                              "image models")
     samplers.info(cfg.distill.sampler)
-    guidance = teacher_guidance(cfg, teacher)
+    guidance, interval = teacher_guidance(cfg, teacher), teacher_interval(cfg, teacher)
     sigma_min = sigma_range(teacher.config)[0]
     grid, at = teacher_grid(list(cfg.distill.sigmas), cfg.distill.steps_per_level, sigma_min)
     folder = cache_dir() / _key(resolve_model_path(cfg.distill.teacher), cfg, guidance)
@@ -190,7 +196,8 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
             if chunk is None:
                 chunk = {}
                 for s in range(start, start + count, 256):
-                    part = generate_chunk(teacher, cfg, s, min(256, start + count - s), guidance, grid, at)
+                    part = generate_chunk(teacher, cfg, s, min(256, start + count - s), guidance, grid, at,
+                                          interval)
                     for k, v in part.items():
                         chunk[k] = torch.cat([chunk[k], v]) if k in chunk else v
                     bar.update(len(part["ends"]))
