@@ -15,7 +15,7 @@ shipped classifier recognises as the asked class, and the seconds of sampling.
 
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --json bench/results/few-step.json
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --n 100 --diffusers DPMSolverMultistep
-    .venv/bin/python bench/few_step.py --student fashion-mnist-fast --ours unipc:trailing \
+    .venv/bin/python bench/few_step.py --student fashion-mnist-fast --ours unipc:trailing --interval \
         --diffusers UniPCMultistep,DPMSolverMultistep --no-unguided \
         --json bench/results/few-step.json                               # bench/README.md's run
 """
@@ -55,10 +55,23 @@ class Counter:
         self.rows += len(args[0])
 
 
-def ours(model: LoadedModel, sampler: str, grid: str, steps: int, guidance: float, n: int, seed: int) -> Tensor:
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, guidance=guidance, batch_size=BATCH)
+def ours(model: LoadedModel, sampler: str, grid: str, steps: int, guidance: float, n: int, seed: int,
+         interval: tuple[float, float] | None = None) -> Tensor:
+    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, guidance=guidance, batch_size=BATCH,
+                        guidance_interval=interval)
     images, _ = generate(model, req, progress=False)
     return images
+
+
+def steps_within(model: LoadedModel, grid: str, budget: int, interval: tuple[float, float]) -> int:
+    """The most steps of a one-evaluation-per-step sampler whose guided NFE (two inside the interval, one
+    outside) stay within ``budget``."""
+    steps = budget // 2
+    while True:
+        sigmas = model.sigmas(steps + 1, grid)[:-1].tolist()
+        if steps + 1 + sum(interval[0] <= s <= interval[1] for s in sigmas) > budget:
+            return steps
+        steps += 1
 
 
 def theirs(model: LoadedModel, spec: str, steps: int, guidance: float, n: int, seed: int) -> Tensor:
@@ -100,6 +113,9 @@ def main() -> None:
     ap.add_argument("--diffusers-nfes", default="20")
     ap.add_argument("--unguided", action=argparse.BooleanOptionalAction, default=True,
                     help="also the teacher's unguided rows at each NFE (--no-unguided: the guided ones only)")
+    ap.add_argument("--interval", action=argparse.BooleanOptionalAction, default=False,
+                    help="also our samplers guided only in the teacher card's guidance interval, at the most steps "
+                    "within each NFE budget")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
@@ -126,6 +142,13 @@ def main() -> None:
             sampler, grid = spec.split(":")
             jobs.append(("teacher, ours", f"{spec} guided {w:g}", teacher,
                          lambda s=sampler, g=grid, k=nfe // 2: ours(teacher, s, g, k, w, args.n, args.seed)))
+            interval = teacher.config.sample.guidance_interval
+            if args.interval and interval:
+                lo, hi = interval
+                k = steps_within(teacher, grid, nfe, (lo, hi))
+                jobs.append(("teacher, ours", f"{spec} guided {w:g} in σ ∈ [{lo:g}, {hi:g}], {k} steps", teacher,
+                             lambda s=sampler, g=grid, k=k, iv=(lo, hi):
+                             ours(teacher, s, g, k, w, args.n, args.seed, iv)))
             if args.unguided:
                 jobs.append(("teacher, ours", f"{spec} unguided", teacher,
                              lambda s=sampler, g=grid, k=nfe: ours(teacher, s, g, k, 1.0, args.n, args.seed)))
