@@ -108,7 +108,8 @@ def main() -> None:
     ap.add_argument("--n-ref", type=int, default=1000, help="real test images in the reference set")
     ap.add_argument("--student-steps", default="1,2,4")
     ap.add_argument("--teacher-nfes", default="10,20")
-    ap.add_argument("--ours", default="dpmpp_2m:karras,unipc:karras,dpmpp_2m:trailing")
+    ap.add_argument("--ours", default="dpmpp_2m:karras,unipc:karras,dpmpp_2m:trailing",
+                    help="our samplers on the teacher, name:grid, comma-separated (\"\": none)")
     ap.add_argument("--diffusers", default="DPMSolverMultistep,UniPCMultistep,DDIM+trailing,EulerDiscrete")
     ap.add_argument("--diffusers-nfes", default="20")
     ap.add_argument("--unguided", action=argparse.BooleanOptionalAction, default=True,
@@ -138,7 +139,7 @@ def main() -> None:
         jobs.append(("student", f"consistency:distilled {k} steps", student,
                      lambda k=k: ours(student, "consistency", "distilled", k, 1.0, args.n, args.seed)))
     for nfe in map(int, args.teacher_nfes.split(",")):
-        for spec in args.ours.split(","):
+        for spec in filter(None, args.ours.split(",")):
             sampler, grid = spec.split(":")
             jobs.append(("teacher, ours", f"{spec} guided {w:g}", teacher,
                          lambda s=sampler, g=grid, k=nfe // 2: ours(teacher, s, g, k, w, args.n, args.seed)))
