@@ -15,9 +15,11 @@ shipped classifier recognises as the asked class, and the seconds of sampling.
 
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --json bench/results/few-step.json
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --n 100 --diffusers DPMSolverMultistep
-    .venv/bin/python bench/few_step.py --student fashion-mnist-fast --ours unipc:trailing --interval \
+    .venv/bin/python bench/few_step.py --student ~/runs/fast3 --ours unipc:trailing --interval \
         --diffusers UniPCMultistep,DPMSolverMultistep --no-unguided \
-        --json bench/results/few-step.json                               # bench/README.md's run
+        --json bench/results/few-step-3000.json                          # bench/README.md: the run at 3 000 steps
+    .venv/bin/python bench/few_step.py --student ~/runs/fast3 --ours "" --diffusers UniPCMultistep --no-unguided \
+        --json bench/results/few-step.json                               # the shipped student's rows
 """
 
 from __future__ import annotations
