@@ -544,6 +544,7 @@ def evaluate(
 
     from .evaluation.evaluate import EvalSettings
     from .evaluation.evaluate import evaluate as run_evaluate
+    from .guidance import parse_interval
     from .evaluation.report import table, write
     from .models import load_model
 
@@ -583,7 +584,7 @@ def evaluate(
     settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
                             features=features, likelihood=likelihood,
-                            guidance_interval=_guidance_options(guidance_interval, 0.0, None)["guidance_interval"])
+                            guidance_interval=parse_interval(guidance_interval) if guidance_interval else None)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

@@ -44,6 +44,7 @@ from .guidance import CFGDenoiser, GuidanceInterval
 from .model_files import resolve_model_path
 from .models import LoadedModel, load_model, sigma_range
 from .nets.cpu import keep_freed_memory
+from .sampling import card_interval
 from .process import sigmas_karras
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class TrajectoryData:
         x, end = self.states[indices, level], self.ends[indices]
         if self.renoised is not None:  # below the first level: a re-noised end and the teacher's end from there
             low = level > 0
-            below = (level[low] - 1)
+            below = level[low] - 1
             x[low] = self.renoised[indices[low], below]
             end[low] = self.renoised_ends[indices[low], below]
         return x, self.levels[level], self.labels[indices], end
@@ -131,8 +132,8 @@ def teacher_guidance(cfg: Config, teacher: LoadedModel) -> float:
 
 def teacher_interval(cfg: Config, teacher: LoadedModel) -> GuidanceInterval | None:
     """The σ range the teacher guides in: ``distill.guidance_interval``, or its card's (None: every σ)."""
-    interval = cfg.distill.guidance_interval or teacher.config.sample.guidance_interval
-    return GuidanceInterval(*(float(v) for v in interval)) if interval else None
+    interval = card_interval(teacher, tuple(cfg.distill.guidance_interval) or None)
+    return GuidanceInterval(*interval) if interval else None
 
 
 def generate_chunk(teacher: LoadedModel, cfg: Config, start: int, count: int, guidance: float,
