@@ -114,12 +114,12 @@ class _NetworkCounter:
         self.handle.remove()
 
 
-def feature_network(settings: EvalSettings, device: str = "cpu") -> Callable[[Tensor], Tensor]:
-    """images in [-1, 1] → (N, D) features of the chosen network."""
+def feature_network(settings: EvalSettings, device: str = "cpu", progress: bool = True) -> Callable[[Tensor], Tensor]:
+    """images in [-1, 1] → (N, D) features of the chosen network (Inception shows a bar when ``progress``)."""
     if settings.features == "inception":
         from .inception import InceptionFeatures
         net = InceptionFeatures(device)
-        return lambda images: net(images, progress=True)
+        return lambda images: net(images, progress=progress)
     if settings.features == "classifier":
         from .classifier import load_classifier
         clf = load_classifier(settings.classifier, device)
@@ -241,7 +241,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     settings = for_model(model, settings)
     _check(model, settings)
     ref: Reference = reference_set(model.config, settings.n, seed=settings.seed)
-    extract = feature_network(settings)
+    extract = feature_network(settings, progress=progress)
     tag = f"{ref.key}-{settings.features}-{settings.classifier if settings.features == 'classifier' else ''}"
     real_a = cached_features(tag + "-a", ref.a, extract, cache_dir)
     real_b = cached_features(tag + "-b", ref.b, extract, cache_dir)
