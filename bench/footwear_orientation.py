@@ -13,15 +13,15 @@ random half, or all, of it mirrored (the real features are cached, the mirrored 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 
 import torch
 from torch import Tensor
 
-from undiffuse.evaluation.evaluate import EvalSettings, feature_network, score
-from undiffuse.evaluation.reference import cached_features, reference_set
+from undiffuse.evaluation.evaluate import EvalSettings, feature_network, real_features, score
+from undiffuse.evaluation.reference import reference_set
 from undiffuse.models import load_model
-from undiffuse.sampling import SampleRequest, card_interval, generate
+from undiffuse.sampling import SampleRequest, card_defaults, card_interval, generate
 
 FOOTWEAR = ("Sandal", "Sneaker", "Ankle boot")
 
@@ -45,14 +45,14 @@ def main() -> None:
     ap.add_argument("--inception", action="store_true", help="also the FID of half- and all-mirrored real sets")
     args = ap.parse_args()
 
-    models = [load_model(str(Path(m).expanduser()) if "/" in m else m) for m in args.models.split(",")]
+    models = [load_model(os.path.expanduser(m)) for m in args.models.split(",")]
     ref = reference_set(models[0].config, args.n_ref, seed=0)
     names = models[0].class_names
     drawn = []
     for m in models:
-        card = m.config.sample
-        req = SampleRequest(n=args.n, seed=0, sampler=card.sampler, steps=card.steps, grid=card.grid,
-                            guidance=card.guidance or 1.0, guidance_interval=card_interval(m, None), batch_size=200)
+        sampler, steps, grid, guidance = card_defaults(m, None, None, None, None)
+        req = SampleRequest(n=args.n, seed=0, sampler=sampler, steps=steps, grid=grid, guidance=guidance,
+                            guidance_interval=card_interval(m, None), batch_size=200)
         drawn.append(generate(m, req, progress=False))
     print(f"{'class':12s} {'test set':>9s} " + " ".join(f"{m.source:>24.24s}" for m in models))
     for name in FOOTWEAR:
@@ -64,8 +64,7 @@ def main() -> None:
     if args.inception:
         settings = EvalSettings(n=args.n_ref, features="inception")
         extract = feature_network(settings)
-        tag = f"{ref.key}-inception-"
-        real_a, real_b = cached_features(tag + "-a", ref.a, extract), cached_features(tag + "-b", ref.b, extract)
+        real_a, real_b = real_features(ref, settings, extract)
         mirrored = extract(ref.b.flip(-1))
         coin = torch.rand(len(real_b), generator=torch.Generator().manual_seed(0)) < 0.5
         print(f"Inception FID, real vs real: {score(real_a, real_b).fid:.2f}; a random half of the second set "

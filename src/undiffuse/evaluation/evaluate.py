@@ -235,6 +235,14 @@ def image_likelihood(model: LoadedModel, images: Tensor, labels: Tensor | None, 
     return out
 
 
+def real_features(ref: Reference, settings: EvalSettings, extract: Callable[[Tensor], Tensor],
+                  cache_dir: str | None = None) -> tuple[Tensor, Tensor]:
+    """The features of both real sets of ``ref``, computed once per feature network and cached."""
+    tag = f"{ref.key}-{settings.features}-{settings.classifier if settings.features == 'classifier' else ''}"
+    real_a = cached_features(tag + "-a", ref.a, extract, cache_dir)
+    return real_a, cached_features(tag + "-b", ref.b, extract, cache_dir)
+
+
 def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None = None,
              progress: bool = True) -> Evaluation:
     """Measure every (sampler, steps) of ``settings`` on ``model``; the real set's features are cached."""
@@ -242,9 +250,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     _check(model, settings)
     ref: Reference = reference_set(model.config, settings.n, seed=settings.seed)
     extract = feature_network(settings, progress=progress)
-    tag = f"{ref.key}-{settings.features}-{settings.classifier if settings.features == 'classifier' else ''}"
-    real_a = cached_features(tag + "-a", ref.a, extract, cache_dir)
-    real_b = cached_features(tag + "-b", ref.b, extract, cache_dir)
+    real_a, real_b = real_features(ref, settings, extract, cache_dir)
     floor = score(real_a, real_b, settings.k)
     clf = _recogniser(model, settings)
     floor_accuracy = _accuracy(clf, ref.a, ref.labels_a, model.class_names)[0] if clf is not None else None
