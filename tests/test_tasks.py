@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from undiffuse import samplers
 from undiffuse.cli import app, main
-from undiffuse.model_files import shipped_models
+from undiffuse.model_files import resolve_model_path, shipped_models
 from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest
 from undiffuse.tasks import denoise, downsample, edit, estimate_noise_sigma, inpaint, upscale
@@ -153,3 +153,11 @@ def test_denoising_beats_the_noisy_input_and_a_blur_on_test_images():
             noisy.append(psnr(y, x))
             blur.append(best_blur(y, x))
         assert np.mean(ours) > np.mean(noisy) + 3 and np.mean(ours) > np.mean(blur) + 1, (sigma, ours, blur)
+
+
+def test_model_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "teacher"
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_model_path("~/runs/teacher") == run / "model.safetensors"

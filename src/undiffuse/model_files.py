@@ -23,7 +23,7 @@ def shipped_models() -> list[str]:
 
 def resolve_model_path(model: str | Path) -> Path:
     """A run folder, a checkpoint / model file, or the name of a shipped model → a file to load."""
-    p = Path(model)
+    p = Path(model).expanduser()
     if p.is_dir():
         for candidate in (p / "model.safetensors", p / "checkpoints" / "latest.safetensors"):
             if candidate.is_file():
