@@ -13,7 +13,6 @@ random half, or all, of it mirrored (the real features are cached, the mirrored 
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from torch import Tensor
@@ -45,7 +44,7 @@ def main() -> None:
     ap.add_argument("--inception", action="store_true", help="also the FID of half- and all-mirrored real sets")
     args = ap.parse_args()
 
-    models = [load_model(os.path.expanduser(m)) for m in args.models.split(",")]
+    models = [load_model(m) for m in args.models.split(",")]
     ref = reference_set(models[0].config, args.n_ref, seed=0)
     names = models[0].class_names
     drawn = []
