@@ -131,6 +131,11 @@ def test_studio_in_chromium(studio, tmp_path):
         assert mask.max() == 255 and mask.min() == 0 and 0.05 < (mask > 127).mean() < 0.6   # the brush stroke
         assert read_params(sorted(folder.glob("0000_*.png"))[0])["task"] == "inpaint"
         # ---------------------------------------------------------------- a long job, seen by a second tab, cancelled
+        # The second tab opens first: loading it on a busy machine could outlast the job, which would then end
+        # "done" before the cancel reaches it.
+        other = browser.new_page(viewport={"width": 1360, "height": 860})
+        other.goto(studio.url)
+        other.wait_for_function("document.querySelector('#queue-count').textContent !== ''", timeout=TIMEOUT)
         tab.select_option("#task", "generate")
         tab.fill("#steps", "500")
         tab.fill("#n", "16")
@@ -139,8 +144,6 @@ def test_studio_in_chromium(studio, tmp_path):
         tab.wait_for_function("(() => { const s = document.querySelector('#status').textContent;"
                               " return s.includes('sampling') && s.includes('%'); })()", timeout=TIMEOUT)
         long_job = tab.evaluate("S.follow")
-        other = browser.new_page(viewport={"width": 1360, "height": 860})
-        other.goto(studio.url)
         other.wait_for_selector(f'#queue li[data-id="{long_job}"][data-state="running"]', timeout=TIMEOUT)
         tab.click("#cancel")
         for t in (tab, other):
