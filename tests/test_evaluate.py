@@ -82,6 +82,23 @@ def test_evaluate_command_end_to_end(digits_run, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2   # the two real sets, cached
 
 
+def test_evaluate_command_samples_on_the_grid_asked_for(digits_run, tmp_path, monkeypatch):
+    """--grid overrides the card's (web-UI names too); Heun's NFE follows the grid's step sizes."""
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(digits_run), "--n", "12", "--steps", "5", "--samplers", "heun", "--grid", "simple",
+            "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trailing grid" in result.output
+    model = load_model(digits_run)
+    trailing, card = model.sigmas(5, "trailing").tolist(), model.sigmas(5).tolist()
+    heun = [sum(samplers.step_order(a, b, 2, samplers.H_MAX_RK) for a, b in zip(g, g[1:])) for g in (trailing, card)]
+    assert heun[0] != heun[1]                      # the two grids tell apart by Heun's evaluations
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["grid"] == "trailing" and ev["rows"][0]["nfe"] == heun[0]
+
+
 def test_evaluate_scores_class_accuracy_with_the_shipped_classifier():
     model = load_model("fashion-mnist")
     ev = evaluate(model, EvalSettings(samplers=["dpmpp_2m"], steps=[8], n=20, features="classifier"), progress=False)
@@ -100,6 +117,8 @@ def test_evaluate_refuses_bad_settings(digits_run):
     model = load_model(digits_run)
     with pytest.raises(UndiffuseError, match="unknown sampler"):
         evaluate(model, EvalSettings(samplers=["nope"], n=10), progress=False)
+    with pytest.raises(UndiffuseError, match="unknown .*grid"):
+        evaluate(model, EvalSettings(samplers=["ddim"], n=10, grid="wavy"), progress=False)
     with pytest.raises(UndiffuseError, match="needs 4000 real images"):
         evaluate(model, EvalSettings(n=2000), progress=False)
 

@@ -525,6 +525,7 @@ def evaluate(
     guidance: Annotated[float | None, typer.Option(help="Guidance of a class-conditional model "
                                                    "(default: its recipe's).")] = None,
     guidance_interval: IntervalOpt = None,
+    grid: CardGridOpt = None,
     features: Annotated[str | None, typer.Option(help="Feature network: inception (FID) or classifier (the shipped "
                                                  "Fashion-MNIST classifier, or the spoken-digit judge for a sound "
                                                  "model). Default: inception for images, classifier for sounds.")]
@@ -583,7 +584,7 @@ def evaluate(
         return
     settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
-                            features=features, likelihood=likelihood,
+                            features=features, likelihood=likelihood, grid=grid,
                             guidance_interval=parse_interval(guidance_interval) if guidance_interval else None)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")

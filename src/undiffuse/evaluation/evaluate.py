@@ -89,6 +89,7 @@ class Evaluation:
     features: str
     guidance: float | None
     guidance_interval: tuple[float, float] | None  # σ range guided in (None: every σ)
+    grid: str                                      # the σ grid every row sampled on
     floor: Scores
     floor_accuracy: float | None
     rows: list[Row]
@@ -176,6 +177,8 @@ def _check(model: LoadedModel, settings: EvalSettings) -> None:
         raise UndiffuseError(f"steps must be positive integers, got {settings.steps}")
     for name in settings.samplers:
         samplers.get(name)  # one line naming the known samplers if unknown
+    if settings.grid:
+        model.sigmas(max(settings.steps), samplers.resolve_grid(settings.grid))  # an unknown grid: one line, now
     if settings.features not in FEATURE_NETWORKS:
         raise UndiffuseError(f"unknown feature network {settings.features!r}; choose {', '.join(FEATURE_NETWORKS)}")
 
@@ -257,6 +260,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
     guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
     interval = card_interval(model, settings.guidance_interval) if guided else None
+    grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
 
     training = _training_sounds(model)
     rows = []
@@ -265,7 +269,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     try:
         for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
-                                grid=settings.grid or model.config.sample.grid, guidance=guidance,
+                                grid=grid, guidance=guidance,
                                 guidance_interval=interval, batch_size=settings.batch_size)
             counter.rows = 0
             t0 = time.perf_counter()
@@ -290,4 +294,4 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d %H:%M")}
     return Evaluation(model.source, settings.n, ref.source, settings.features, guidance if model.num_classes else None,
-                      interval, floor, floor_accuracy, rows, asdict(settings), likelihood, environment)
+                      interval, grid, floor, floor_accuracy, rows, asdict(settings), likelihood, environment)

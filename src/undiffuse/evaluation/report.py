@@ -16,7 +16,7 @@ def table(ev: Evaluation) -> str:
     acc = ev.floor_accuracy is not None
     head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
         (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
-    lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}"
+    lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}; {ev.grid} grid"
              + (f"; guidance {ev.guidance:g}" if ev.guidance is not None else "")
              + (" for σ in [{:g}, {:g}]".format(*ev.guidance_interval) if ev.guidance_interval else ""), head]
     for r in ev.rows:
