@@ -132,15 +132,17 @@ SOUND_JUDGE = "spoken-digits-judge"
 
 
 def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
-    """``settings`` with the feature network and classifier left open chosen by the model's kind: a sound model is
-    heard by the spoken-digit judge (its features and its verdict; Inception knows no spectrograms)."""
+    """``settings`` with the feature network and classifier left open chosen by the model's kind (a sound model is
+    heard by the spoken-digit judge: its features and its verdict; Inception knows no spectrograms), and the σ grid
+    as our name (a web UI's resolved), the card's if none is given."""
     sound = model.space.kind == "spectrogram"
     features = settings.features or ("classifier" if sound else "inception")
     if sound and features == "inception":
         raise UndiffuseError(f"{model.source} makes sounds: score them with --features classifier (the spoken-digit "
                              "judge), not Inception, which was trained on photographs")
     classifier = settings.classifier or (SOUND_JUDGE if sound else "fashion-mnist-classifier")
-    return replace(settings, features=features, classifier=classifier)
+    grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
+    return replace(settings, features=features, classifier=classifier, grid=grid)
 
 
 def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
@@ -177,8 +179,7 @@ def _check(model: LoadedModel, settings: EvalSettings) -> None:
         raise UndiffuseError(f"steps must be positive integers, got {settings.steps}")
     for name in settings.samplers:
         samplers.get(name)  # one line naming the known samplers if unknown
-    if settings.grid:
-        model.sigmas(max(settings.steps), samplers.resolve_grid(settings.grid))  # an unknown grid: one line, now
+    model.sigmas(max(settings.steps), settings.grid)  # an unknown grid: one line, before the real features
     if settings.features not in FEATURE_NETWORKS:
         raise UndiffuseError(f"unknown feature network {settings.features!r}; choose {', '.join(FEATURE_NETWORKS)}")
 
@@ -260,7 +261,6 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
     guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
     interval = card_interval(model, settings.guidance_interval) if guided else None
-    grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
 
     training = _training_sounds(model)
     rows = []
@@ -269,7 +269,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     try:
         for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
-                                grid=grid, guidance=guidance,
+                                grid=settings.grid, guidance=guidance,
                                 guidance_interval=interval, batch_size=settings.batch_size)
             counter.rows = 0
             t0 = time.perf_counter()
@@ -294,4 +294,4 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d %H:%M")}
     return Evaluation(model.source, settings.n, ref.source, settings.features, guidance if model.num_classes else None,
-                      interval, grid, floor, floor_accuracy, rows, asdict(settings), likelihood, environment)
+                      interval, settings.grid, floor, floor_accuracy, rows, asdict(settings), likelihood, environment)
