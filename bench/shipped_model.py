@@ -29,7 +29,7 @@ from undiffuse.evaluation.nearest import nearest_neighbours, novelty
 from undiffuse.evaluation.recognition import class_recognition
 from undiffuse.models import load_model
 from undiffuse.plots import plot_nearest
-from undiffuse.sampling import SampleRequest, card_defaults, card_interval
+from undiffuse.sampling import SampleRequest, card_defaults, card_interval, describe_guidance
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rec = class_recognition(model, load_classifier(), req)
     seconds = time.perf_counter() - t0
-    guided = f"guidance {guidance:g}" + (f" for σ in [{interval[0]:g}, {interval[1]:g}]" if interval else "")
+    guided = describe_guidance(guidance, interval)
     print(f"{args.model}: {req.n} samples, {req.sampler}, {req.steps} steps, {req.grid} grid, {guided}, "
           f"{seconds:.0f} s ({req.n / seconds:.1f} img/s)")
     print("recognised as the class asked for:")

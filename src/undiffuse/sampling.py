@@ -266,6 +266,11 @@ def card_defaults(loaded: LoadedModel, sampler: str | None, steps: int | None, g
             card.guidance if guidance is None else guidance)
 
 
+def describe_guidance(guidance: float, interval: tuple[float, float] | None) -> str:
+    """"guidance 2", or "guidance 2 for σ in [0.3, 5]" with a guidance interval: as reports and figures name it."""
+    return f"guidance {guidance:g}" + (" for σ in [{:g}, {:g}]".format(*interval) if interval else "")
+
+
 def card_interval(loaded: LoadedModel, interval: tuple[float, float] | None) -> tuple[float, float] | None:
     """The guidance interval asked for, or the model card's (``[sample] guidance_interval``; none: every σ)."""
     if interval is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..plots import save_figure
+from ..sampling import describe_guidance
 from .evaluate import Evaluation
 
 
@@ -17,8 +18,7 @@ def table(ev: Evaluation) -> str:
     head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
         (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
     lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}; {ev.grid} grid"
-             + (f"; guidance {ev.guidance:g}" if ev.guidance is not None else "")
-             + (" for σ in [{:g}, {:g}]".format(*ev.guidance_interval) if ev.guidance_interval else ""), head]
+             + (f"; {describe_guidance(ev.guidance, ev.guidance_interval)}" if ev.guidance is not None else ""), head]
     for r in ev.rows:
         s = r.scores
         lines.append(f"{r.sampler:<16}{r.steps:>6}{r.nfe:>6.0f}{s.fid:>9.2f}{1e3 * s.kid:>10.2f}{s.precision:>7.3f}"
