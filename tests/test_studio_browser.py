@@ -5,6 +5,7 @@ a second tab, and follow a tiny run's loss curve and samples on the dashboard.""
 import base64
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ pytest.importorskip("uvicorn")
 
 from undiffuse.cli import app  # noqa: E402
 from undiffuse.images import read_params  # noqa: E402
+from undiffuse.studio import runner  # noqa: E402
 from undiffuse.studio.server import BackgroundStudio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ def finished(tab, job_id: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
-def test_studio_in_chromium(studio, tmp_path):
+def test_studio_in_chromium(studio, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
     shots = Path(os.environ.get("UNDIFFUSE_STUDIO_SCREENSHOTS", tmp_path))
     with sync_api.sync_playwright() as p:
@@ -136,6 +138,10 @@ def test_studio_in_chromium(studio, tmp_path):
         other = browser.new_page(viewport={"width": 1360, "height": 860})
         other.goto(studio.url)
         other.wait_for_function("document.querySelector('#queue-count').textContent !== ''", timeout=TIMEOUT)
+        # The tiny model samples 500 steps in about a second, faster than the tabs can see it run on a busy machine:
+        # each step of this job is paced to 0.2 s (≤ 100 s in all), and a cancel must stop it at the next one.
+        paced_step = runner.Watch.step
+        monkeypatch.setattr(runner.Watch, "step", lambda self, x0: (time.sleep(0.2), paced_step(self, x0))[1])
         tab.select_option("#task", "generate")
         tab.fill("#steps", "500")
         tab.fill("#n", "16")
@@ -149,6 +155,7 @@ def test_studio_in_chromium(studio, tmp_path):
         for t in (tab, other):
             t.wait_for_selector(f'#queue li[data-id="{long_job}"][data-state="cancelled"]', timeout=TIMEOUT)
         assert "cancelled" in tab.inner_text("#status")
+        monkeypatch.setattr(runner.Watch, "step", paced_step)
         other.close()
         # ---------------------------------------------------------------- the training dashboard of the tiny run
         tab.goto(studio.url + "/#dashboard/tiny")
