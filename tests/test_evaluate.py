@@ -1,5 +1,6 @@
 """`undiffuse evaluate`: precision / recall, the feature cache, NFE counting and the command end to end."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import run_cli
 from undiffuse import samplers
 from undiffuse.cli import app, main
 from undiffuse.errors import UndiffuseError
@@ -127,3 +129,32 @@ def test_evaluate_command_rejects_a_bad_step_list(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "fashion-mnist", "--steps", "5,x"])
     assert exit_.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+def test_evaluate_command_samples_with_the_options_sample_takes(digits_run, tmp_path, monkeypatch):
+    """σ range, ρ, x̂0 clipping, ε scaling and CFG rescale reach every row's sampling and the report names them."""
+    evaluate_module = importlib.import_module("undiffuse.evaluation.evaluate")   # the module, not its function
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    seen, real_generate = [], evaluate_module.generate
+    monkeypatch.setattr(evaluate_module, "generate", lambda model, req, **kw: (seen.append(req), real_generate(
+        model, req, **kw))[1])
+    fids = []
+    for extra in ([], ["--sigma-min", "0.5", "--sigma-max", "10", "--rho", "3", "--clip-x0", "--eps-scale", "1.01",
+                       "--guidance-rescale", "0.7"]):
+        out = tmp_path / f"eval{len(extra)}"
+        result = CliRunner().invoke(app, ["evaluate", str(digits_run), "--n", "12", "--steps", "5", "--samplers",
+                                          "ddim", "--out", str(out), "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        fids.append(json.loads((out / "evaluation.json").read_text())["rows"][0]["scores"]["fid"])
+    plain, tuned = seen
+    assert (plain.sigma_min, plain.sigma_max, plain.rho, plain.clip_x0, plain.eps_scale, plain.guidance_rescale) == \
+        (None, None, 7.0, False, 1.0, 0.0)
+    assert (tuned.sigma_min, tuned.sigma_max, tuned.rho, tuned.clip_x0, tuned.eps_scale, tuned.guidance_rescale) == \
+        (0.5, 10.0, 3.0, True, 1.01, 0.7)
+    assert fids[0] != fids[1]                                   # they changed what was drawn
+    assert "σ from 10 to 0.5, ρ = 3, x̂0 clipped to [-1, 1], ε̂ divided by 1.01, CFG rescale 0.7" in result.output
+
+
+def test_evaluate_command_refuses_sampling_options_a_video_model_does_not_take(video_run):
+    code, out, err = run_cli(["evaluate", str(video_run), "--eps-scale", "1.01", "--n", "4"])
+    assert code != 0 and "--eps-scale: image and sound models only" in out + err

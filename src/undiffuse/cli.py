@@ -535,6 +535,8 @@ def evaluate(
     animate: Annotated[int, typer.Option(help="A video model: also image-to-video from the first frames of this "
                                          "many real clips (given frame kept, motion continued); 0: skip.")] = 100,
     seed: SeedOpt = 0,
+    sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0, guidance_rescale: RescaleOpt = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
     = Path("out/evaluate"),
     progress: ProgressOpt = True,
@@ -550,6 +552,11 @@ def evaluate(
     from .models import load_model
 
     loaded = load_model(model)
+    options = {"--sigma-min": sigma_min is not None, "--sigma-max": sigma_max is not None, "--rho": rho != 7.0,
+               "--clip-x0": clip_x0, "--eps-scale": eps_scale != 1.0, "--guidance-rescale": guidance_rescale != 0.0}
+    if (loaded.meta.get("dim") or loaded.space.kind == "video") and any(options.values()):
+        raise UndiffuseError(f"{', '.join(k for k, v in options.items() if v)}: image and sound models only (a 2-D "
+                             "toy or video model is evaluated with its recipe's sampling)")
     if loaded.meta.get("dim"):
         from .evaluation.points import evaluate_points
         result = evaluate_points(loaded, n=n, seed=seed, progress=progress)
@@ -585,7 +592,9 @@ def evaluate(
     settings = EvalSettings(samplers=[s.strip() for s in (samplers_ or "ddim,dpmpp_2m").split(",") if s.strip()],
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
                             features=features, likelihood=likelihood, grid=grid,
-                            guidance_interval=parse_interval(guidance_interval) if guidance_interval else None)
+                            guidance_interval=parse_interval(guidance_interval) if guidance_interval else None,
+                            sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale,
+                            guidance_rescale=guidance_rescale)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

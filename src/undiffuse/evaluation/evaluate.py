@@ -43,6 +43,14 @@ class EvalSettings:
     guidance_interval: tuple[float, float] | None = None  # None: the model card's (its [sample] guidance_interval)
     seed: int = 0
     grid: str | None = None        # σ grid; None: the model's recipe
+    # The grid's σ range and Karras exponent, x̂0 clipping, ε scaling and CFG rescale, as `undiffuse sample` takes
+    # them (None / defaults: the grid's own range, no clipping, no scaling, no rescale).
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float = 7.0
+    clip_x0: bool = False
+    eps_scale: float = 1.0
+    guidance_rescale: float = 0.0
     features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
     #                                model's kind (inception for images, classifier for sounds)
     classifier: str | None = None  # None: fashion-mnist-classifier, or spoken-digits-judge for a sound model
@@ -270,7 +278,10 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
         for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
                                 grid=settings.grid, guidance=guidance,
-                                guidance_interval=interval, batch_size=settings.batch_size)
+                                guidance_interval=interval, batch_size=settings.batch_size,
+                                sigma_min=settings.sigma_min, sigma_max=settings.sigma_max, rho=settings.rho,
+                                clip_x0=settings.clip_x0, eps_scale=settings.eps_scale,
+                                guidance_rescale=settings.guidance_rescale)
             counter.rows = 0
             t0 = time.perf_counter()
             images, labels = generate(model, req, progress=progress)

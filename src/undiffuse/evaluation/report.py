@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -12,12 +13,30 @@ from ..sampling import describe_guidance
 from .evaluate import Evaluation
 
 
+def sampling_options(settings: dict[str, Any]) -> list[str]:
+    """The sampling options an evaluation was given beyond sampler, steps, grid and guidance, in words."""
+    words = []
+    if settings.get("sigma_min") is not None or settings.get("sigma_max") is not None:
+        lo, hi = settings.get("sigma_min"), settings.get("sigma_max")
+        words.append(f"σ from {'its top' if hi is None else f'{hi:g}'} to {'its end' if lo is None else f'{lo:g}'}")
+    if settings.get("rho", 7.0) != 7.0:
+        words.append(f"ρ = {settings['rho']:g}")
+    if settings.get("clip_x0"):
+        words.append("x̂0 clipped to [-1, 1]")
+    if settings.get("eps_scale", 1.0) != 1.0:
+        words.append(f"ε̂ divided by {settings['eps_scale']:g}")
+    if settings.get("guidance_rescale", 0.0):
+        words.append(f"CFG rescale {settings['guidance_rescale']:g}")
+    return words
+
+
 def table(ev: Evaluation) -> str:
     """Aligned text: one line per (sampler, steps), the real-vs-real floor last."""
     acc = ev.floor_accuracy is not None
     head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
         (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
     lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}; {ev.grid} grid"
+             + "".join(f", {o}" for o in sampling_options(ev.settings))
              + (f"; {describe_guidance(ev.guidance, ev.guidance_interval)}" if ev.guidance is not None else ""), head]
     for r in ev.rows:
         s = r.scores
