@@ -55,6 +55,11 @@ def test_epsilon_scaling_divides_the_predicted_noise():
     eps = (x - 0.25) / sigma[:, None, None, None]
     got = EpsilonScaledDenoiser(Fixed(), 1.01)(x, sigma)
     assert torch.allclose(got, x - sigma[:, None, None, None] * eps / 1.01)
+    # Above σ = 80 (a trailing grid's first step on a cosine chain is at 2·10⁴) it leaves x̂0 alone, row by row.
+    mixed = torch.tensor([5.0, 2e4, 80.0])
+    got = EpsilonScaledDenoiser(Fixed(), 1.01)(x, mixed)
+    assert torch.allclose(got[[0, 2]], x[[0, 2]] - (x[[0, 2]] - 0.25) / 1.01)
+    assert torch.allclose(got[1], torch.full_like(x[1], 0.25), atol=1e-6)
     with pytest.raises(UndiffuseError, match="ε scale"):
         EpsilonScaledDenoiser(Fixed(), 0.0)
     inner = Fixed()

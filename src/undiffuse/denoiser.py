@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .errors import UndiffuseError
 from .nets.cpu import check_precision, inference_autocast, resolve_precision
-from .process import DiscreteSchedule
+from .process import GRID_SIGMA_MAX, DiscreteSchedule
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")  # the VP network's outputs; "flow" has its own wrapper
@@ -196,18 +196,21 @@ class EpsilonScaledDenoiser(Denoiser):
     in Diffusion Models", eq. 13): x̂_0' = x − (x − x̂_0)/scale.
 
     A sampler's inputs at step t carry more noise than the network saw in training (exposure bias); scaling
-    ε̂ down by a little (1.005 here) counters it at no cost. Meant for grids that start at a moderate σ_max
-    (≲ 100): at σ = 2·10⁴ the (1 − 1/scale)·x term it adds is large.
+    ε̂ down by a little (1.005 here) counters it at no cost. It acts for σ ≤ ``sigma_max`` (80, where Karras grids
+    start) only: above it the (1 − 1/scale)·(x − x̂_0) it adds grows with σ (at the first step of a trailing grid on a
+    cosine chain, σ = 2·10⁴, it would be ~100 σ_data: the samples broke), and the image is pure noise there anyway.
     """
 
-    def __init__(self, inner: nn.Module, scale: float):
+    def __init__(self, inner: nn.Module, scale: float, sigma_max: float = GRID_SIGMA_MAX):
         super().__init__()
         if not (math.isfinite(scale) and scale > 0):
             raise UndiffuseError(f"the ε scale must be a positive number, got {scale}")
-        self.inner, self.scale = inner, scale
+        self.inner, self.scale, self.sigma_max = inner, scale, sigma_max
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        return x - (x - self.inner(x, sigma, cond)) / self.scale
+        x0 = self.inner(x, sigma, cond)
+        scale = torch.where(sigma.reshape(-1, *[1] * (x.ndim - 1)) <= self.sigma_max, self.scale, 1.0)
+        return x - (x - x0) / scale
 
 
 class AutocastDenoiser(Denoiser):
