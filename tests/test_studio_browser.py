@@ -141,7 +141,12 @@ def test_studio_in_chromium(studio, tmp_path, monkeypatch):
         # The tiny model samples 500 steps in about a second, faster than the tabs can see it run on a busy machine:
         # each step of this job is paced to 0.2 s (≤ 100 s in all), and a cancel must stop it at the next one.
         paced_step = runner.Watch.step
-        monkeypatch.setattr(runner.Watch, "step", lambda self, x0: (time.sleep(0.2), paced_step(self, x0))[1])
+
+        def slow_step(watch, x0_hat):
+            time.sleep(0.2)
+            paced_step(watch, x0_hat)
+
+        monkeypatch.setattr(runner.Watch, "step", slow_step)
         tab.select_option("#task", "generate")
         tab.fill("#steps", "500")
         tab.fill("#n", "16")

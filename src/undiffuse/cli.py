@@ -545,18 +545,19 @@ def evaluate(
     bits/dim with --likelihood. A 2-D toy model gets its exact NLL against the true density instead."""
     import json
 
-    from .evaluation.evaluate import EvalSettings
+    from .evaluation.evaluate import EvalSettings, sampling_options_given
     from .evaluation.evaluate import evaluate as run_evaluate
     from .guidance import parse_interval
     from .evaluation.report import table, write
     from .models import load_model
 
     loaded = load_model(model)
-    options = {"--sigma-min": sigma_min is not None, "--sigma-max": sigma_max is not None, "--rho": rho != 7.0,
-               "--clip-x0": clip_x0, "--eps-scale": eps_scale != 1.0, "--guidance-rescale": guidance_rescale != 0.0}
-    if (loaded.meta.get("dim") or loaded.space.kind == "video") and any(options.values()):
-        raise UndiffuseError(f"{', '.join(k for k, v in options.items() if v)}: image and sound models only (a 2-D "
-                             "toy or video model is evaluated with its recipe's sampling)")
+    options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
+               "guidance_rescale": guidance_rescale}
+    given = sampling_options_given(options)
+    if (loaded.meta.get("dim") or loaded.space.kind == "video") and given:
+        raise UndiffuseError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: image and sound models only "
+                             "(a 2-D toy or video model is evaluated with its recipe's sampling)")
     if loaded.meta.get("dim"):
         from .evaluation.points import evaluate_points
         result = evaluate_points(loaded, n=n, seed=seed, progress=progress)
@@ -593,8 +594,7 @@ def evaluate(
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
                             features=features, likelihood=likelihood, grid=grid,
                             guidance_interval=parse_interval(guidance_interval) if guidance_interval else None,
-                            sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, clip_x0=clip_x0, eps_scale=eps_scale,
-                            guidance_rescale=guidance_rescale)
+                            **options)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

@@ -61,6 +61,15 @@ class EvalSettings:
     ode_rtol: float = 1e-3         # ODE solver tolerance (1e-4 moved bits/dim by ~0.01 on the shipped model)
 
 
+SAMPLING_OPTIONS = ("sigma_min", "sigma_max", "rho", "clip_x0", "eps_scale", "guidance_rescale")  # as `sample`'s
+
+
+def sampling_options_given(settings: dict[str, Any]) -> dict[str, Any]:
+    """Those of :data:`SAMPLING_OPTIONS` in ``settings`` (an :class:`EvalSettings` as a dict) that are not defaults."""
+    default = asdict(EvalSettings())
+    return {k: settings[k] for k in SAMPLING_OPTIONS if settings.get(k, default[k]) != default[k]}
+
+
 @dataclass
 class Scores:
     """Distances of one image set to the real comparison set."""
@@ -279,9 +288,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
                                 grid=settings.grid, guidance=guidance,
                                 guidance_interval=interval, batch_size=settings.batch_size,
-                                sigma_min=settings.sigma_min, sigma_max=settings.sigma_max, rho=settings.rho,
-                                clip_x0=settings.clip_x0, eps_scale=settings.eps_scale,
-                                guidance_rescale=settings.guidance_rescale)
+                                **{k: getattr(settings, k) for k in SAMPLING_OPTIONS})
             counter.rows = 0
             t0 = time.perf_counter()
             images, labels = generate(model, req, progress=progress)

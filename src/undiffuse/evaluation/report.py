@@ -10,23 +10,24 @@ from matplotlib.figure import Figure
 
 from ..plots import save_figure
 from ..sampling import describe_guidance
-from .evaluate import Evaluation
+from .evaluate import Evaluation, sampling_options_given
 
 
 def sampling_options(settings: dict[str, Any]) -> list[str]:
     """The sampling options an evaluation was given beyond sampler, steps, grid and guidance, in words."""
+    given = sampling_options_given(settings)
     words = []
-    if settings.get("sigma_min") is not None or settings.get("sigma_max") is not None:
-        lo, hi = settings.get("sigma_min"), settings.get("sigma_max")
+    if "sigma_min" in given or "sigma_max" in given:
+        lo, hi = given.get("sigma_min"), given.get("sigma_max")
         words.append(f"σ from {'its top' if hi is None else f'{hi:g}'} to {'its end' if lo is None else f'{lo:g}'}")
-    if settings.get("rho", 7.0) != 7.0:
-        words.append(f"ρ = {settings['rho']:g}")
-    if settings.get("clip_x0"):
+    if "rho" in given:
+        words.append(f"ρ = {given['rho']:g}")
+    if "clip_x0" in given:
         words.append("x̂0 clipped to [-1, 1]")
-    if settings.get("eps_scale", 1.0) != 1.0:
-        words.append(f"ε̂ divided by {settings['eps_scale']:g}")
-    if settings.get("guidance_rescale", 0.0):
-        words.append(f"CFG rescale {settings['guidance_rescale']:g}")
+    if "eps_scale" in given:
+        words.append(f"ε̂ divided by {given['eps_scale']:g}")
+    if "guidance_rescale" in given:
+        words.append(f"CFG rescale {given['guidance_rescale']:g}")
     return words
 
 
