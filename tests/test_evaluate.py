@@ -74,7 +74,7 @@ def test_evaluate_command_end_to_end(digits_run, tmp_path, monkeypatch):
     # 1.8, 2.4, 3.8: one 2-evaluation step)
     grid = load_model(digits_run).sigmas(5).tolist()
     heun = sum(samplers.step_order(a, b, 2, samplers.H_MAX_RK) for a, b in zip(grid, grid[1:]))
-    assert nfe == {("ddim", 5): 5, ("heun", 5): heun} and heun == 6
+    assert heun == 6 and nfe == {("ddim", 5): 2 * 5, ("heun", 5): 2 * heun}   # guided at every σ: both branches
     for row in ev["rows"]:
         s = row["scores"]
         assert s["fid"] > ev["floor"]["fid"] > 0                  # a 4-step model is far from the data
@@ -98,7 +98,7 @@ def test_evaluate_command_samples_on_the_grid_asked_for(digits_run, tmp_path, mo
     heun = [sum(samplers.step_order(a, b, 2, samplers.H_MAX_RK) for a, b in zip(g, g[1:])) for g in (trailing, card)]
     assert heun[0] != heun[1]                      # the two grids tell apart by Heun's evaluations
     ev = json.loads((out / "evaluation.json").read_text())
-    assert ev["grid"] == "trailing" and ev["rows"][0]["nfe"] == heun[0]
+    assert ev["grid"] == "trailing" and ev["rows"][0]["nfe"] == 2 * heun[0]   # guided: two evaluations a call
 
 
 def test_evaluate_scores_class_accuracy_with_the_shipped_classifier():
@@ -109,7 +109,7 @@ def test_evaluate_scores_class_accuracy_with_the_shipped_classifier():
     assert ev.guidance_interval == tuple(model.config.sample.guidance_interval)  # the card's
     lo, hi = ev.guidance_interval
     inside = sum(lo <= s <= hi for s in model.sigmas(8)[:-1].tolist())  # both branches there, one elsewhere
-    assert 0 < inside < 8 and row.nfe == inside + (8 - inside) / 2
+    assert 0 < inside < 8 and row.nfe == 2 * inside + (8 - inside)
     assert row.accuracy is not None and set(row.per_class) == set(model.class_names)
     assert row.accuracy > 0.6 and ev.floor_accuracy > 0.8       # the shipped model draws what it is asked for
     assert row.scores.fid > 0

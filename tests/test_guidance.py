@@ -227,6 +227,33 @@ def test_the_cards_guidance_interval_is_the_default(tmp_path):
     assert seen == {"card": [0.5, 20.0], "everywhere": [0.0, math.inf], "asked": [1.0, 2.0]}
 
 
+def test_the_cards_eps_scale_is_the_default(tmp_path):
+    """A card's [sample] eps_scale is what `sample` and `evaluate` scale ε̂ by unless --eps-scale says otherwise, and
+    the evaluation's report names it; a card's scale must be positive."""
+    from undiffuse.evaluation.evaluate import EvalSettings, for_model
+    from undiffuse.evaluation.report import sampling_options
+    from undiffuse.models import load_model
+
+    cfg = tiny_config(8)
+    cfg.sample.eps_scale = 1.01
+    model = write_random_model(tmp_path / "m.safetensors", cfg, ["a", "b"])
+    seen = {}
+    for name, extra in (("card", []), ("off", ["--eps-scale", "1"]), ("asked", ["--eps-scale", "1.02"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["sample", str(model), "--n", "2", "--steps", "4", "--out", str(out),
+                                          "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        seen[name] = read_params(out / "grid.png")["eps_scale"]
+    assert seen == {"card": 1.01, "off": 1.0, "asked": 1.02}
+    loaded = load_model(model)
+    card, off = for_model(loaded, EvalSettings()), for_model(loaded, EvalSettings(eps_scale=1.0))
+    assert (card.eps_scale, off.eps_scale) == (1.01, 1.0)
+    assert sampling_options(vars(card)) == ["ε̂ divided by 1.01"] and sampling_options(vars(off)) == []
+    cfg.sample.eps_scale = 0.0
+    with pytest.raises(UndiffuseError, match=r"sample.eps_scale must be > 0, got 0.0"):
+        cfg.validate()
+
+
 @pytest.mark.parametrize("interval", [[1.0], [2.0, 1.0], [-1.0, 3.0]])
 def test_a_card_refuses_a_bad_guidance_interval(interval):
     cfg = tiny_config(8)

@@ -184,6 +184,6 @@ def test_evaluate_runs_on_a_latent_model_and_refuses_its_likelihood(tmp_path):
     model = load_model(run)
     assert model.space.shape == (2, 8, 8)
     ev = evaluate(model, EvalSettings(samplers=["ddim"], steps=[3], n=16, features="classifier"), progress=False)
-    assert ev.rows[0].nfe == 3 and ev.rows[0].scores.fid > 0
+    assert ev.rows[0].nfe == 2 * 3 and ev.rows[0].scores.fid > 0   # guided: both branches at every step
     with pytest.raises(UndiffuseError, match="likelihood would be that of latents"):
         evaluate(model, EvalSettings(samplers=["ddim"], steps=[3], n=16, likelihood=4), progress=False)

@@ -75,7 +75,8 @@ def test_info_models_and_samplers(studio, digits_run):
     assert set(shipped_models()) <= set(models) and MODEL in models      # every shipped model and the run
     run = models[MODEL]
     assert run["classes"] == [str(i) for i in range(10)] and not run["text"]
-    assert run["defaults"] == {"sampler": "dpmpp_2m", "steps": 20, "grid": "karras", "guidance": 2.0}  # its card
+    assert run["defaults"] == {"sampler": "dpmpp_2m", "steps": 20, "grid": "karras", "guidance": 2.0,  # its card
+                               "eps_scale": 1.0}
     assert "denoise" in run["tasks"] and models["emoji-dit"]["space"] == "latent"
     assert "denoise" not in models["emoji-dit"]["tasks"] and models["emoji-dit"]["text"]
     assert [s["name"] for s in c.get("/api/samplers")["samplers"]] == samplers.names()

@@ -108,7 +108,8 @@ SigmaMaxOpt = Annotated[float | None, typer.Option(help="Highest σ of a karras/
                                                   "model's).")]
 RhoOpt = Annotated[float, typer.Option(help="The Karras grid's exponent ρ.")]
 ClipOpt = Annotated[bool, typer.Option(help="Clamp every x̂0 to [-1, 1].")]
-EpsScaleOpt = Annotated[float, typer.Option(help="Divide the predicted noise by this (ε scaling; 1 = off).")]
+EpsScaleOpt = Annotated[float | None, typer.Option(help="Divide the predicted noise by this (ε scaling; 1 = off). "
+                                                   "Default: the model card's (its [sample] eps_scale, else 1).")]
 IntervalOpt = Annotated[str | None, typer.Option(
     metavar="LO,HI", help="Guidance interval (Kynkäänniemi et al. 2024): guide only while σ is in [LO, HI] (σ of the "
     "model's space; HI may be inf); outside it one conditional evaluation per step instead of two. "
@@ -197,7 +198,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
     """The loaded model and the request of `sample` / `generate`: the options given, the rest from the model card, or
     with --from-png from the PNG's parameters (the options given on the command line win)."""
     from .models import load_model
-    from .sampling import SampleRequest, card_defaults, card_interval, parse_class
+    from .sampling import SampleRequest, card_defaults, card_eps_scale, card_interval, parse_class
 
     given = _given(ctx)
     if from_png is not None:
@@ -214,6 +215,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
     request["sampler"], request["steps"], request["grid"], request["guidance"] = card_defaults(
         loaded, request.get("sampler"), request.get("steps"), request.get("grid"), request.get("guidance"))
     request["guidance_interval"] = card_interval(loaded, request.get("guidance_interval"))
+    request["eps_scale"] = card_eps_scale(loaded, request.get("eps_scale"))
     return loaded, SampleRequest(**request, label=parse_class(loaded, class_))
 
 
@@ -229,7 +231,7 @@ def sample(
     guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/samples"), progress: ProgressOpt = True,
     precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
-    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
     from_png: FromPngOpt = None,
 ) -> None:
@@ -261,7 +263,7 @@ def generate(
     seed: SeedOpt = 0, guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/generate"),
     progress: ProgressOpt = True, precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
-    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None,
     guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
     from_png: FromPngOpt = None,
 ) -> None:
@@ -536,7 +538,7 @@ def evaluate(
                                          "many real clips (given frame kept, motion continued); 0: skip.")] = 100,
     seed: SeedOpt = 0,
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
-    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = 1.0, guidance_rescale: RescaleOpt = 0.0,
+    clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None, guidance_rescale: RescaleOpt = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
     = Path("out/evaluate"),
     progress: ProgressOpt = True,

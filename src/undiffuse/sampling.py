@@ -279,6 +279,11 @@ def card_interval(loaded: LoadedModel, interval: tuple[float, float] | None) -> 
     return (float(card[0]), float(card[1])) if card else None
 
 
+def card_eps_scale(loaded: LoadedModel, eps_scale: float | None) -> float:
+    """The ε scaling asked for, or the model card's (``[sample] eps_scale``; 1: off)."""
+    return float(loaded.config.sample.eps_scale) if eps_scale is None else eps_scale
+
+
 def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:
     """One PNG per result of an image task and their grid, each carrying the task's parameters."""
     params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import samplers
 from ..errors import UndiffuseError
 from ..models import LoadedModel, build_schedule, sigma_range
-from ..sampling import SampleRequest, card_interval, generate
+from ..sampling import SampleRequest, card_eps_scale, card_interval, generate
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
 from .nearest import novelty
@@ -44,12 +44,12 @@ class EvalSettings:
     seed: int = 0
     grid: str | None = None        # σ grid; None: the model's recipe
     # The grid's σ range and Karras exponent, x̂0 clipping, ε scaling and CFG rescale, as `undiffuse sample` takes
-    # them (None / defaults: the grid's own range, no clipping, no scaling, no rescale).
+    # them (None / defaults: the grid's own range, no clipping, the card's ε scaling, no rescale).
     sigma_min: float | None = None
     sigma_max: float | None = None
     rho: float = 7.0
     clip_x0: bool = False
-    eps_scale: float = 1.0
+    eps_scale: float | None = None
     guidance_rescale: float = 0.0
     features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
     #                                model's kind (inception for images, classifier for sounds)
@@ -61,13 +61,15 @@ class EvalSettings:
     ode_rtol: float = 1e-3         # ODE solver tolerance (1e-4 moved bits/dim by ~0.01 on the shipped model)
 
 
-SAMPLING_OPTIONS = ("sigma_min", "sigma_max", "rho", "clip_x0", "eps_scale", "guidance_rescale")  # as `sample`'s
+# As `sample`'s, each with the value that leaves sampling as it is.
+SAMPLING_OPTIONS = {"sigma_min": None, "sigma_max": None, "rho": 7.0, "clip_x0": False, "eps_scale": 1.0,
+                    "guidance_rescale": 0.0}
 
 
 def sampling_options_given(settings: dict[str, Any]) -> dict[str, Any]:
-    """Those of :data:`SAMPLING_OPTIONS` in ``settings`` (an :class:`EvalSettings` as a dict) that are not defaults."""
-    default = asdict(EvalSettings())
-    return {k: settings[k] for k in SAMPLING_OPTIONS if settings.get(k, default[k]) != default[k]}
+    """Those of :data:`SAMPLING_OPTIONS` in ``settings`` (an :class:`EvalSettings` as a dict) that change sampling
+    (None: left to the model card, which :func:`for_model` resolves)."""
+    return {k: settings[k] for k, plain in SAMPLING_OPTIONS.items() if settings.get(k) not in (None, plain)}
 
 
 @dataclass
@@ -87,8 +89,8 @@ class Row:
 
     sampler: str
     steps: int
-    nfe: float                 # denoiser evaluations per sample (guidance's two branches count once: a step
-    #                            outside the guidance interval, one branch, counts ½)
+    nfe: float                 # network evaluations per sample: a guided step counts its two branches (one
+    #                            batched call), a step outside the guidance interval one
     seconds: float             # wall time to draw the n samples
     scores: Scores
     accuracy: float | None = None            # classifier recognises the class asked for
@@ -151,7 +153,7 @@ SOUND_JUDGE = "spoken-digits-judge"
 def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     """``settings`` with the feature network and classifier left open chosen by the model's kind (a sound model is
     heard by the spoken-digit judge: its features and its verdict; Inception knows no spectrograms), and the σ grid
-    as our name (a web UI's resolved), the card's if none is given."""
+    as our name (a web UI's resolved) and the ε scaling, the card's where none is given."""
     sound = model.space.kind == "spectrogram"
     features = settings.features or ("classifier" if sound else "inception")
     if sound and features == "inception":
@@ -159,7 +161,8 @@ def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
                              "judge), not Inception, which was trained on photographs")
     classifier = settings.classifier or (SOUND_JUDGE if sound else "fashion-mnist-classifier")
     grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
-    return replace(settings, features=features, classifier=classifier, grid=grid)
+    return replace(settings, features=features, classifier=classifier, grid=grid,
+                   eps_scale=card_eps_scale(model, settings.eps_scale))
 
 
 def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
@@ -294,7 +297,7 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
             images, labels = generate(model, req, progress=progress)
             seconds = time.perf_counter() - t0
             images = as_judged(model, images)
-            nfe = counter.rows / settings.n / (2 if guided else 1)
+            nfe = counter.rows / settings.n
             row = Row(name, steps, nfe, seconds, score(real_a, extract(images), settings.k))
             if clf is not None and labels is not None:
                 row.accuracy, row.per_class = _accuracy(clf, images, labels, model.class_names)

@@ -34,17 +34,18 @@ def sampling_options(settings: dict[str, Any]) -> list[str]:
 def table(ev: Evaluation) -> str:
     """Aligned text: one line per (sampler, steps), the real-vs-real floor last."""
     acc = ev.floor_accuracy is not None
-    head = f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
+    w = max([16, *(len(r.sampler) + 2 for r in ev.rows)])   # the first column fits every sampler's name
+    head = f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'FID':>9}{'KID×1e3':>10}{'prec':>7}{'recall':>7}" + \
         (f"{'class acc':>10}" if acc else "") + f"{'seconds':>9}"
     lines = [f"{ev.model}: n = {ev.n} generated vs real from {ev.reference}; features: {ev.features}; {ev.grid} grid"
              + "".join(f", {o}" for o in sampling_options(ev.settings))
              + (f"; {describe_guidance(ev.guidance, ev.guidance_interval)}" if ev.guidance is not None else ""), head]
     for r in ev.rows:
         s = r.scores
-        lines.append(f"{r.sampler:<16}{r.steps:>6}{r.nfe:>6.0f}{s.fid:>9.2f}{1e3 * s.kid:>10.2f}{s.precision:>7.3f}"
+        lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6.0f}{s.fid:>9.2f}{1e3 * s.kid:>10.2f}{s.precision:>7.3f}"
                      f"{s.recall:>7.3f}" + (f"{r.accuracy:>10.1%}" if acc else "") + f"{r.seconds:>9.1f}")
     f = ev.floor
-    lines.append(f"{'real vs real':<16}{'':>6}{'':>6}{f.fid:>9.2f}{1e3 * f.kid:>10.2f}{f.precision:>7.3f}"
+    lines.append(f"{'real vs real':<{w}}{'':>6}{'':>6}{f.fid:>9.2f}{1e3 * f.kid:>10.2f}{f.precision:>7.3f}"
                  f"{f.recall:>7.3f}" + (f"{ev.floor_accuracy:>10.1%}" if acc else "") + f"{'':>9}")
     for r in ev.rows:
         if r.novelty:

@@ -66,7 +66,8 @@ class ModelEntry:
                 "channels": d.channels, "backbone": self.config.model.backbone,
                 "parameterization": self.config.diffusion.parameterization, "step": self.step,
                 "tasks": self.tasks(),
-                "defaults": {"sampler": s.sampler, "steps": s.steps, "grid": s.grid, "guidance": s.guidance}}
+                "defaults": {"sampler": s.sampler, "steps": s.steps, "grid": s.grid, "guidance": s.guidance,
+                             "eps_scale": s.eps_scale}}
 
 
 def read_entry(model_id: str, kind: str, source: str) -> ModelEntry | None:

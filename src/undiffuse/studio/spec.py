@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import samplers
-from ..sampling import card_defaults, card_interval
+from ..sampling import card_defaults, card_eps_scale, card_interval
 from ..errors import UndiffuseError
 from ..guidance import parse_interval
 from ..models import config_sigmas
@@ -140,7 +140,7 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     sigma_min = _number(body, "sigma_min", float, 1e-9, math.inf, None)
     sigma_max = _number(body, "sigma_max", float, 1e-9, math.inf, None)
     rho = _number(body, "rho", float, 0.01, 100, 7.0)
-    eps_scale = _number(body, "eps_scale", float, 0.01, 100, 1.0)
+    eps_scale = card_eps_scale(entry, _number(body, "eps_scale", float, 0.01, 100, None))
     rescale = _number(body, "guidance_rescale", float, 0, 1, 0.0)
     interval = card_interval(entry, _interval(body.get("guidance_interval")))
     precision = _choice(body, "precision", PRECISIONS, "auto")

@@ -112,6 +112,7 @@ function onModelChange(defaults = true) {
   if (defaults) {
     const d = m.defaults;
     $("#sampler").value = d.sampler; $("#grid").value = d.grid; $("#steps").value = d.steps; $("#guidance").value = d.guidance;
+    $("#eps_scale").value = d.eps_scale;
   }
   onTaskChange();
 }
