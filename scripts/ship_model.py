@@ -82,6 +82,8 @@ def main() -> None:
     # (exactly so with the constant learning rate after warm-up)
     meta["config"]["train"]["steps"] = meta["step"]
     seconds = args.seconds if args.seconds is not None else meta.get("seconds")
+    if seconds is not None:
+        meta["seconds"] = seconds   # the weights' header and the card say the same
     card = {**meta, "training": {
         "command": args.command, "steps": meta["step"], "seconds": seconds,
         "hardware": args.hardware or f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",

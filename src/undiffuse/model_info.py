@@ -17,6 +17,7 @@ from .checkpoint import PROVENANCE_PREFIX, read_header
 from .config import Config, config_from_json
 from .errors import UndiffuseError
 from .model_files import resolve_model_path
+from .sampling import describe_guidance
 
 
 def model_card(model: str | Path) -> list[tuple[str, str]]:
@@ -131,7 +132,9 @@ def _sampling(cfg: Config) -> str:
     webui = samplers.webui_name(s.sampler)
     grid = samplers.WEBUI_GRIDS.get(s.grid)
     known = f"; as the web UIs name it: {webui}{' ' + grid if grid else ''}" if webui != s.sampler else ""
-    return f"{s.sampler}, {s.steps} steps, {s.grid} grid, guidance {s.guidance:g}{known}"
+    guidance = describe_guidance(s.guidance, tuple(s.guidance_interval) if s.guidance_interval else None)
+    scaled = f", ε̂ / {s.eps_scale:g} for σ ≤ 80" if s.eps_scale != 1 else ""
+    return f"{s.sampler}, {s.steps} steps, {s.grid} grid, {guidance}{scaled}{known}"
 
 
 def _provenance(meta: dict[str, Any], header: dict[str, str]) -> list[tuple[str, str]]:
