@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eps-scale", type=float, default=1.0)
+    ap.add_argument("--eps-scale", type=float, default=None, help="ε scaling (default: the card's; 1: off)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     names = [with_eta(s, float(e)) for s in args.samplers.split(",") for e in args.etas.split(",")]
