@@ -40,6 +40,7 @@ from undiffuse import samplers
 from undiffuse.evaluation.classifier import load_classifier, predict
 from undiffuse.evaluation.fid import fid_from_features
 from undiffuse.evaluation.inception import InceptionFeatures
+from undiffuse.guidance import parse_interval
 from undiffuse.models import LoadedModel, load_model
 from undiffuse.sampling import SampleRequest, generate
 
@@ -119,6 +120,11 @@ def main() -> None:
     ap.add_argument("--interval", action=argparse.BooleanOptionalAction, default=False,
                     help="also our samplers guided only in the teacher card's guidance interval, at the most steps "
                     "within each NFE budget")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="the teacher's guidance (default: its card's; the shipped student was distilled at 2)")
+    ap.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                    help="with --interval, the σ range (default: the teacher card's; the shipped student was "
+                    "distilled with 0.3,5)")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
@@ -127,7 +133,7 @@ def main() -> None:
         raise SystemExit("--n and --n-ref must be multiples of 10 (classes balanced)")
     torch.set_num_threads(args.threads)
     student, teacher = load_model(args.student), load_model(args.teacher)
-    w = teacher.config.sample.guidance
+    w = teacher.config.sample.guidance if args.guidance is None else args.guidance
     inception, classifier = InceptionFeatures(), load_classifier()
     real = peers.real_features(inception, (args.n_ref + args.n) // 10)
     ref = real[:, : args.n_ref // 10].reshape(-1, real.shape[-1])
@@ -145,7 +151,8 @@ def main() -> None:
             sampler, grid = spec.split(":")
             jobs.append(("teacher, ours", f"{spec} guided {w:g}", teacher,
                          lambda s=sampler, g=grid, k=nfe // 2: ours(teacher, s, g, k, w, args.n, args.seed)))
-            interval = teacher.config.sample.guidance_interval
+            interval = parse_interval(args.guidance_interval) if args.guidance_interval else \
+                teacher.config.sample.guidance_interval
             if args.interval and interval:
                 lo, hi = interval
                 k = steps_within(teacher, grid, nfe, (lo, hi))
