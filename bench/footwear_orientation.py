@@ -20,7 +20,7 @@ from torch import Tensor
 from undiffuse.evaluation.evaluate import EvalSettings, feature_network, real_features, score
 from undiffuse.evaluation.reference import reference_set
 from undiffuse.models import load_model
-from undiffuse.sampling import SampleRequest, card_defaults, card_eps_scale, card_interval, generate
+from undiffuse.sampling import card_request, generate
 
 FOOTWEAR = ("Sandal", "Sneaker", "Ankle boot")
 
@@ -49,10 +49,7 @@ def main() -> None:
     names = models[0].class_names
     drawn = []
     for m in models:
-        sampler, steps, grid, guidance = card_defaults(m, None, None, None, None)
-        req = SampleRequest(n=args.n, seed=0, sampler=sampler, steps=steps, grid=grid, guidance=guidance,
-                            guidance_interval=card_interval(m, None), eps_scale=card_eps_scale(m, None),
-                            batch_size=200)
+        req = card_request(m, n=args.n, seed=0, batch_size=200)
         drawn.append(generate(m, req, progress=False))
     print(f"{'class':12s} {'test set':>9s} " + " ".join(f"{m.source:>24.24s}" for m in models))
     for name in FOOTWEAR:

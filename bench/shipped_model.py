@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from undiffuse.evaluation.nearest import nearest_neighbours, novelty
 from undiffuse.evaluation.recognition import class_recognition
 from undiffuse.models import load_model
 from undiffuse.plots import plot_nearest
-from undiffuse.sampling import SampleRequest, card_defaults, card_eps_scale, card_interval, describe_guidance
+from undiffuse.sampling import card_request, describe_guidance
 
 
 def main() -> None:
@@ -49,15 +50,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_model(args.model)
-    sampler, steps, grid, guidance = card_defaults(model, args.sampler, args.steps, args.grid, args.guidance)
-    interval = None if args.every_sigma else card_interval(model, None)
-    req = SampleRequest(n=args.per_class * model.num_classes, seed=args.seed, sampler=sampler, steps=steps,
-                        grid=grid, guidance=guidance, guidance_interval=interval,
-                        eps_scale=card_eps_scale(model, None))
+    req = card_request(model, n=args.per_class * model.num_classes, seed=args.seed, sampler=args.sampler,
+                       steps=args.steps, grid=args.grid, guidance=args.guidance)
+    if args.every_sigma:
+        req = replace(req, guidance_interval=None)
     t0 = time.perf_counter()
     rec = class_recognition(model, load_classifier(), req)
     seconds = time.perf_counter() - t0
-    guided = describe_guidance(guidance, interval) + (f", ε̂ / {req.eps_scale:g}" if req.eps_scale != 1 else "")
+    guided = describe_guidance(req.guidance, req.guidance_interval)
+    guided += f", ε̂ / {req.eps_scale:g}" if req.eps_scale != 1 else ""
     print(f"{args.model}: {req.n} samples, {req.sampler}, {req.steps} steps, {req.grid} grid, {guided}, "
           f"{seconds:.0f} s ({req.n / seconds:.1f} img/s)")
     print("recognised as the class asked for:")

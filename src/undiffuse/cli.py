@@ -198,7 +198,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
     """The loaded model and the request of `sample` / `generate`: the options given, the rest from the model card, or
     with --from-png from the PNG's parameters (the options given on the command line win)."""
     from .models import load_model
-    from .sampling import SampleRequest, card_defaults, card_eps_scale, card_interval, parse_class
+    from .sampling import card_request, parse_class
 
     given = _given(ctx)
     if from_png is not None:
@@ -212,11 +212,7 @@ def _request(ctx: typer.Context, model: str, class_: str | None, from_png: Path 
         class_ = class_ if "class_" in given else cls
     else:
         request, loaded = dict(options), load_model(model)
-    request["sampler"], request["steps"], request["grid"], request["guidance"] = card_defaults(
-        loaded, request.get("sampler"), request.get("steps"), request.get("grid"), request.get("guidance"))
-    request["guidance_interval"] = card_interval(loaded, request.get("guidance_interval"))
-    request["eps_scale"] = card_eps_scale(loaded, request.get("eps_scale"))
-    return loaded, SampleRequest(**request, label=parse_class(loaded, class_))
+    return loaded, card_request(loaded, **request, label=parse_class(loaded, class_))
 
 
 @app.command()

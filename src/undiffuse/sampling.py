@@ -284,6 +284,18 @@ def card_eps_scale(loaded: LoadedModel, eps_scale: float | None) -> float:
     return float(loaded.config.sample.eps_scale) if eps_scale is None else eps_scale
 
 
+def card_request(loaded: LoadedModel, *, sampler: str | None = None, steps: int | None = None,
+                 grid: str | None = None, guidance: float | None = None,
+                 guidance_interval: tuple[float, float] | None = None, eps_scale: float | None = None,
+                 **fields: Any) -> SampleRequest:
+    """A request whose sampling settings left out (None) are the model card's: :func:`card_defaults`,
+    :func:`card_interval` and :func:`card_eps_scale`; ``fields`` as given."""
+    sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
+    return SampleRequest(sampler=sampler, steps=steps, grid=grid, guidance=guidance,
+                         guidance_interval=card_interval(loaded, guidance_interval),
+                         eps_scale=card_eps_scale(loaded, eps_scale), **fields)
+
+
 def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:
     """One PNG per result of an image task and their grid, each carrying the task's parameters."""
     params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}
