@@ -158,3 +158,24 @@ def test_evaluate_command_samples_with_the_options_sample_takes(digits_run, tmp_
 def test_evaluate_command_refuses_sampling_options_a_video_model_does_not_take(video_run):
     code, out, err = run_cli(["evaluate", str(video_run), "--eps-scale", "1.01", "--n", "4"])
     assert code != 0 and "--eps-scale: image and sound models only" in out + err
+
+
+def test_evaluate_command_autoguides_and_counts_the_guides_evaluations(digits_run, tmp_path, monkeypatch):
+    """--autoguide replaces the unconditional branch; the guide's calls count in the NFE. Guided by itself, a model
+    draws exactly its plain conditional samples (D + w (D − D) = D), at twice the evaluations."""
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    rows = {}
+    runs = (("auto", ["--autoguide", str(digits_run), "--guidance", "2.5"]), ("plain", ["--guidance", "1"]))
+    for name, extra in runs:
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["evaluate", str(digits_run), "--n", "12", "--steps", "5", "--samplers",
+                                          "ddim", "--guidance-interval", "0,inf", "--out", str(out), "--no-progress",
+                                          *extra])
+        assert result.exit_code == 0, result.output
+        rows[name] = json.loads((out / "evaluation.json").read_text())["rows"][0]
+        if name == "auto":
+            assert f"autoguidance by {digits_run}" in result.output
+    assert rows["auto"]["nfe"] == 2 * 5 and rows["plain"]["nfe"] == 5
+    assert rows["auto"]["scores"]["fid"] == pytest.approx(rows["plain"]["scores"]["fid"], rel=1e-6)
+    code, out, err = run_cli(["evaluate", str(digits_run), "--n", "12", "--autoguide", "fashion-mnist"])
+    assert code != 0 and "the guide model" in out + err                  # another space / classes: refused

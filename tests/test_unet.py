@@ -71,6 +71,7 @@ def test_class_conditioning_and_null_label():
     (dict(image_size=30), "not divisible"),                            # 30 % 4
     (dict(channels=48), "GroupNorm"),                                  # 48 % 32
     (dict(groups=7), "GroupNorm"),
+    (dict(channels=8, channel_mult=(4, 8), groups=16), "GroupNorm"),  # the stem's 8 % 16, every level's width fits
     (dict(attention_resolutions=(12,)), "attention_resolutions"),
     (dict(head_dim=48), "head_dim"),
     (dict(num_heads=3), "num_heads"),

@@ -535,6 +535,7 @@ def evaluate(
     seed: SeedOpt = 0,
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None, guidance_rescale: RescaleOpt = 0.0,
+    autoguide: AutoguideOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
     = Path("out/evaluate"),
     progress: ProgressOpt = True,
@@ -553,6 +554,8 @@ def evaluate(
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
                "guidance_rescale": guidance_rescale}
     given = sampling_options_given(options)
+    if autoguide is not None:
+        given["autoguide"] = autoguide
     if (loaded.meta.get("dim") or loaded.space.kind == "video") and given:
         raise UndiffuseError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: image and sound models only "
                              "(a 2-D toy or video model is evaluated with its recipe's sampling)")
@@ -592,7 +595,7 @@ def evaluate(
                             steps=_int_list(steps or "5,10,20,50", "--steps"), n=n, guidance=guidance, seed=seed,
                             features=features, likelihood=likelihood, grid=grid,
                             guidance_interval=parse_interval(guidance_interval) if guidance_interval else None,
-                            **options)
+                            autoguide=autoguide, **options)
     if not settings.samplers:
         raise UndiffuseError("--samplers names no sampler")
     result = run_evaluate(loaded, settings, progress=progress)

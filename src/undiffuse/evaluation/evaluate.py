@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .. import samplers
 from ..errors import UndiffuseError
-from ..models import LoadedModel, build_schedule, sigma_range
+from ..guidance import check_guide
+from ..models import LoadedModel, build_schedule, load_model, sigma_range
 from ..sampling import SampleRequest, card_eps_scale, card_interval, generate
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
@@ -51,6 +52,7 @@ class EvalSettings:
     clip_x0: bool = False
     eps_scale: float | None = None
     guidance_rescale: float = 0.0
+    autoguide: str | None = None   # autoguidance by this weaker model instead of classifier-free guidance
     features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
     #                                model's kind (inception for images, classifier for sounds)
     classifier: str | None = None  # None: fashion-mnist-classifier, or spoken-digits-judge for a sound model
@@ -163,6 +165,15 @@ def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
     return replace(settings, features=features, classifier=classifier, grid=grid,
                    eps_scale=card_eps_scale(model, settings.eps_scale))
+
+
+def load_guide(model: LoadedModel, name: str | None) -> LoadedModel | None:
+    """The autoguidance model ``name`` names (None: classifier-free guidance), checked against ``model``."""
+    if name is None:
+        return None
+    guide = load_model(name)
+    check_guide(model, guide)
+    return guide
 
 
 def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
@@ -279,25 +290,28 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
     clf = _recogniser(model, settings)
     floor_accuracy = _accuracy(clf, ref.a, ref.labels_a, model.class_names)[0] if clf is not None else None
     guidance = settings.guidance if settings.guidance is not None else model.config.sample.guidance
-    guided = bool(model.num_classes) and guidance not in (0.0, 1.0)
+    guided = (bool(model.num_classes) or settings.autoguide is not None) and guidance not in (0.0, 1.0)
     interval = card_interval(model, settings.guidance_interval) if guided else None
+
+    guide = load_guide(model, settings.autoguide)
 
     training = _training_sounds(model)
     rows = []
     plan = [(s, k) for s in settings.samplers for k in settings.steps]
-    counter = _NetworkCounter(model.denoiser)
+    counters = [_NetworkCounter(m.denoiser) for m in (model, guide) if m is not None]  # the guide's calls count too
     try:
         for name, steps in tqdm(plan, desc="evaluate", unit="setting", disable=not progress):
             req = SampleRequest(n=settings.n, seed=settings.seed, sampler=name, steps=steps,
                                 grid=settings.grid, guidance=guidance,
                                 guidance_interval=interval, batch_size=settings.batch_size,
                                 **{k: getattr(settings, k) for k in SAMPLING_OPTIONS})
-            counter.rows = 0
+            for counter in counters:
+                counter.rows = 0
             t0 = time.perf_counter()
-            images, labels = generate(model, req, progress=progress)
+            images, labels = generate(model, req, progress=progress, guide=guide)
             seconds = time.perf_counter() - t0
             images = as_judged(model, images)
-            nfe = counter.rows / settings.n
+            nfe = sum(counter.rows for counter in counters) / settings.n
             row = Row(name, steps, nfe, seconds, score(real_a, extract(images), settings.k))
             if clf is not None and labels is not None:
                 row.accuracy, row.per_class = _accuracy(clf, images, labels, model.class_names)
@@ -305,7 +319,8 @@ def evaluate(model: LoadedModel, settings: EvalSettings, cache_dir: str | None =
                 row.novelty = asdict(novelty(images.flatten(1), training, ref.a.flatten(1)))
             rows.append(row)
     finally:
-        counter.close()
+        for counter in counters:
+            counter.close()
 
     likelihood = None
     if settings.likelihood:

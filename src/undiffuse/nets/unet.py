@@ -67,8 +67,9 @@ class UNet(nn.Module):
             raise UndiffuseError("in/out channels, channels, channel_mult and num_res_blocks must be positive")
         if image_size % factor:
             raise UndiffuseError(f"image_size {image_size} is not divisible by 2**(len(channel_mult)-1) = {factor}")
-        if any(w % groups for w in widths):
-            raise UndiffuseError(f"channel widths {widths} must all be divisible by the GroupNorm groups ({groups})")
+        if any(w % groups for w in (channels, *widths)):  # the stem's width too: its skip is normalised
+            raise UndiffuseError(f"channel widths {[channels, *widths]} (channels, then channels × channel_mult) must "
+                                 f"all be divisible by the GroupNorm groups ({groups})")
         sizes = [image_size // 2**i for i in range(levels)]
         unknown = sorted(set(attention_resolutions) - set(sizes))
         if unknown:
