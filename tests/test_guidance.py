@@ -15,7 +15,7 @@ from undiffuse.config import Config, DataConfig, DiffusionConfig, ModelConfig, t
 from undiffuse.denoiser import Denoiser
 from undiffuse.errors import UndiffuseError
 from undiffuse.guidance import (AutoguidedDenoiser, CFGDenoiser, GuidanceInterval, check_guide, parse_interval,
-                                rescale_guidance)
+                                project_guidance, rescale_guidance)
 from undiffuse.images import read_params
 from undiffuse.models import build_net
 from undiffuse.process import sigmas_karras
@@ -130,6 +130,56 @@ def test_rescale_zero_is_plain_guidance_and_one_matches_the_conditional_std():
         CFGDenoiser(d, 4.0, rescale=1.5)
 
 
+def test_projected_guidance_keeps_the_orthogonal_update_and_weighs_the_parallel_one():
+    """APG (Sadat et al. 2024): η = 1 is plain guidance; η = 0 moves x̂0 only orthogonally to the conditional x̂0
+    (per sample); η in between is linear in η; the orthogonal part is the same for every η."""
+    x, sigma, cond = torch.randn(4, 1, 4, 4), torch.full((4,), 2.0), torch.tensor([0, 1, 1, 0])
+    d = Counting()
+    pos = d(x, sigma, cond)
+    plain = CFGDenoiser(d, 4.0)(x, sigma, cond)
+    torch.testing.assert_close(CFGDenoiser(d, 4.0, parallel=1.0)(x, sigma, cond), plain)
+    ortho = CFGDenoiser(d, 4.0, parallel=0.0)(x, sigma, cond)
+    assert (ortho - pos).flatten(1).mul(pos.flatten(1)).sum(1).abs().max() < 1e-4   # moved orthogonally to x̂0
+    assert (plain - pos).flatten(1).mul(pos.flatten(1)).sum(1).abs().min() > 1e-3   # plain guidance does not
+    half = CFGDenoiser(d, 4.0, parallel=0.5)(x, sigma, cond)
+    torch.testing.assert_close(half, 0.5 * ortho + 0.5 * plain)
+    zero = torch.zeros(1, 1, 4, 4)                                   # a zero x̂0 has no direction: left alone
+    update = torch.randn(1, 1, 4, 4)
+    assert torch.equal(project_guidance(update, zero, 0.0), update)
+    with pytest.raises(UndiffuseError, match=r"parallel weight η must be in \[0, 1\]"):
+        CFGDenoiser(d, 4.0, parallel=-0.1)
+
+
+def test_the_cards_guidance_parallel_is_the_default(tmp_path):
+    """A card's [sample] guidance_parallel is what `sample` and `evaluate` guide with unless --guidance-parallel
+    says otherwise; it changes what is drawn; the report and the PNG name it; a card's must be in [0, 1]."""
+    from undiffuse.evaluation.evaluate import EvalSettings, for_model
+    from undiffuse.evaluation.report import sampling_options
+    from undiffuse.models import load_model
+
+    cfg = tiny_config(8)
+    cfg.sample.guidance_parallel = 0.0
+    model = write_random_model(tmp_path / "m.safetensors", cfg, ["a", "b"])
+    seen, grids = {}, {}
+    for name, extra in (("card", []), ("off", ["--guidance-parallel", "1"]), ("asked", ["--guidance-parallel", "0.5"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["sample", str(model), "--n", "2", "--steps", "4", "--guidance", "3",
+                                          "--out", str(out), "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        seen[name] = read_params(out / "grid.png").get("guidance_parallel", 1.0)
+        grids[name] = (out / "grid.png").read_bytes()
+    assert seen == {"card": 0.0, "off": 1.0, "asked": 0.5}
+    assert len(set(grids.values())) == 3                               # each draws something else
+    loaded = load_model(model)
+    card, off = for_model(loaded, EvalSettings()), for_model(loaded, EvalSettings(guidance_parallel=1.0))
+    assert (card.guidance_parallel, off.guidance_parallel) == (0.0, 1.0)
+    assert sampling_options(vars(card)) == ["guidance update's parallel part × 0 (APG)"]
+    assert sampling_options(vars(off)) == []
+    cfg.sample.guidance_parallel = 1.5
+    with pytest.raises(UndiffuseError, match=r"sample.guidance_parallel must be in \[0, 1\], got 1.5"):
+        cfg.validate()
+
+
 # --------------------------------------------------------------------------- autoguidance
 @pytest.mark.parametrize("w", [0.0, 0.5, 2.0, 7.5])
 def test_autoguidance_by_the_same_model_is_the_conditional_denoiser(tiny, w):
@@ -184,6 +234,7 @@ def test_sample_with_every_guidance_option(digits_run, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--guidance-interval", "5,1"], "error: the guidance interval needs 0 ≤ LO ≤ HI"),
     (["--guidance-rescale", "2"], "error: --guidance-rescale must be in [0, 1]"),
+    (["--guidance-parallel", "2"], "error: --guidance-parallel must be in [0, 1]"),
     (["--autoguide", "MISMATCH"], "error: the guide model"),
 ])
 def test_sample_refuses_bad_guidance_in_one_line(digits_run, tmp_path, capsys, extra, message):

@@ -76,7 +76,7 @@ def test_info_models_and_samplers(studio, digits_run):
     run = models[MODEL]
     assert run["classes"] == [str(i) for i in range(10)] and not run["text"]
     assert run["defaults"] == {"sampler": "dpmpp_2m", "steps": 20, "grid": "karras", "guidance": 2.0,  # its card
-                               "eps_scale": 1.0}
+                               "eps_scale": 1.0, "guidance_parallel": 1.0}
     assert "denoise" in run["tasks"] and models["emoji-dit"]["space"] == "latent"
     assert "denoise" not in models["emoji-dit"]["tasks"] and models["emoji-dit"]["text"]
     assert [s["name"] for s in c.get("/api/samplers")["samplers"]] == samplers.names()
@@ -181,6 +181,7 @@ BAD = [
     ({"model": MODEL, "wat": 1}, "unknown field 'wat'"),
     ({"model": MODEL, "guidance_interval": "1"}, "LO,HI"),
     ({"model": MODEL, "guidance_rescale": 2}, "guidance_rescale must be 0 to 1"),
+    ({"model": MODEL, "guidance_parallel": -1}, "guidance_parallel must be 0 to 1"),
     ({"model": MODEL, "precision": "fp8"}, "unknown precision 'fp8'"),
     ({"model": MODEL, "autoguide": "../x"}, "unknown autoguide model"),
     ({"model": "emoji-dit", "task": "denoise"}, "cannot denoise"),

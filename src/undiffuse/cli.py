@@ -117,20 +117,27 @@ IntervalOpt = Annotated[str | None, typer.Option(
 RescaleOpt = Annotated[float, typer.Option(
     metavar="PHI", help="CFG rescale φ in [0, 1] (Lin et al. 2024): scale each guided x̂0 towards the conditional "
     "x̂0's standard deviation (φ = 1: exactly it); 0 = off.")]
+ParallelOpt = Annotated[float | None, typer.Option(
+    metavar="ETA", help="Adaptive projected guidance (Sadat et al. 2024): weigh the guidance update's component along "
+    "the conditional x̂0 by ETA in [0, 1] (0: only the orthogonal part, against over-saturation; 1: classifier-free "
+    "guidance as is). Default: the model card's ([sample] guidance_parallel, else 1).")]
 AutoguideOpt = Annotated[str | None, typer.Option(
     metavar="MODEL", help="Autoguidance (Karras et al. 2024): guide with this weaker model of the same kind instead "
     "of the unconditional branch: a run folder, a checkpoint (RUN/checkpoints/step_*.safetensors) or a shipped "
     "name, same space and conditioning; --guidance is its weight. Default: off (classifier-free guidance).")]
 
 
-def _guidance_options(interval: str | None, rescale: float, autoguide: str | None) -> dict:
+def _guidance_options(interval: str | None, rescale: float, autoguide: str | None,
+                      parallel: float | None = None) -> dict:
     """The SampleRequest fields of the guidance options, checked before any model is loaded."""
     from .guidance import parse_interval
 
     if not 0 <= rescale <= 1:
         raise UndiffuseError(f"--guidance-rescale must be in [0, 1], got {rescale}")
+    if parallel is not None and not 0 <= parallel <= 1:
+        raise UndiffuseError(f"--guidance-parallel must be in [0, 1], got {parallel}")
     return {"guidance_interval": parse_interval(interval) if interval is not None else None,
-            "guidance_rescale": rescale, "autoguide": autoguide}
+            "guidance_rescale": rescale, "autoguide": autoguide, "guidance_parallel": parallel}
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
@@ -228,8 +235,8 @@ def sample(
     precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None,
-    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
-    from_png: FromPngOpt = None,
+    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, guidance_parallel: ParallelOpt = None,
+    autoguide: AutoguideOpt = None, from_png: FromPngOpt = None,
 ) -> None:
     """Generate images (a PNG grid and one PNG per sample) or sounds (one WAV per sample, all.wav of them in a row and
     a PNG grid of their spectrograms), each file carrying its parameters.
@@ -240,7 +247,7 @@ def sample(
     options = {"sampler": sampler, "steps": steps, "grid": grid, "n": n, "seed": seed, "guidance": guidance,
                "precision": resolve_precision(precision), "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
                "clip_x0": clip_x0, "eps_scale": eps_scale,
-               **_guidance_options(guidance_interval, guidance_rescale, autoguide)}
+               **_guidance_options(guidance_interval, guidance_rescale, autoguide, guidance_parallel)}
     loaded, req = _request(ctx, model, class_, from_png, options)
     path, seconds = _draw(loaded, req, out, progress)
     what = {"spectrogram": "sounds", "video": "videos"}.get(loaded.space.kind, "images")
@@ -260,8 +267,8 @@ def generate(
     progress: ProgressOpt = True, precision: PrecisionOpt = "auto",
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None,
-    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, autoguide: AutoguideOpt = None,
-    from_png: FromPngOpt = None,
+    guidance_interval: IntervalOpt = None, guidance_rescale: RescaleOpt = 0.0, guidance_parallel: ParallelOpt = None,
+    autoguide: AutoguideOpt = None, from_png: FromPngOpt = None,
 ) -> None:
     """Text to image: a PNG grid and one PNG per sample, each carrying its prompt and parameters.
 
@@ -273,7 +280,7 @@ def generate(
     options = {"sampler": sampler, "steps": steps, "grid": grid, "n": n, "seed": seed, "guidance": guidance,
                "prompt": prompt, "precision": resolve_precision(precision), "sigma_min": sigma_min,
                "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
-               **_guidance_options(guidance_interval, guidance_rescale, autoguide)}
+               **_guidance_options(guidance_interval, guidance_rescale, autoguide, guidance_parallel)}
     loaded, req = _request(ctx, model, None, from_png, options)
     if not loaded.text_conditioned:
         raise UndiffuseError(f"{loaded.source} is not text-conditioned; use `undiffuse sample` for it")
@@ -535,7 +542,7 @@ def evaluate(
     seed: SeedOpt = 0,
     sigma_min: SigmaMinOpt = None, sigma_max: SigmaMaxOpt = None, rho: RhoOpt = 7.0,
     clip_x0: ClipOpt = False, eps_scale: EpsScaleOpt = None, guidance_rescale: RescaleOpt = 0.0,
-    autoguide: AutoguideOpt = None,
+    guidance_parallel: ParallelOpt = None, autoguide: AutoguideOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder: evaluation.json, table.txt, quality_vs_nfe.png.")]
     = Path("out/evaluate"),
     progress: ProgressOpt = True,
@@ -552,7 +559,8 @@ def evaluate(
 
     loaded = load_model(model)
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
-               "guidance_rescale": guidance_rescale}
+               "guidance_rescale": guidance_rescale,
+               "guidance_parallel": _guidance_options(None, 0.0, None, guidance_parallel)["guidance_parallel"]}
     given = sampling_options_given(options)
     if autoguide is not None:
         given["autoguide"] = autoguide

@@ -163,6 +163,8 @@ class SampleConfig:
     guidance_interval: list[float] = field(default_factory=list)  # [lo, hi]: guide only for σ in it (Kynkäänniemi
     #                                  et al. 2024), one evaluation elsewhere; []: every σ
     eps_scale: float = 1.0           # divide ε̂ by this for σ ≤ 80 (ε scaling, Ning et al. 2024); 1: off
+    guidance_parallel: float = 1.0   # weight of the guidance update's component along the conditional x̂0 (adaptive
+    #                                  projected guidance's η, Sadat et al. 2024); 1: classifier-free guidance as is
     n: int = 64                      # images in a preview grid
 
 
@@ -227,6 +229,7 @@ class Config:
                   ("data.recolour", 0 <= self.data.recolour <= 4, "in [0, 4]"),
                   ("data.text_length", 4 <= self.data.text_length <= 512, "in [4, 512]"),
                   ("sample.eps_scale", self.sample.eps_scale > 0, "> 0"),
+                  ("sample.guidance_parallel", 0 <= self.sample.guidance_parallel <= 1, "in [0, 1]"),
                   ("distill.trajectories", self.distill.trajectories >= 1, "≥ 1"),
                   ("distill.steps_per_level", self.distill.steps_per_level >= 1, "≥ 1"),
                   ("distill.guidance", self.distill.guidance >= 0, "≥ 0"),

@@ -5,8 +5,9 @@ condition (classifier-free guidance) or a weaker model with it (autoguidance),
 
     D_w = D_neg + w (D_pos − D_neg),
 
-optionally only for σ in an interval (one evaluation instead of two outside it) and with the guided x̂0's
-spread rescaled towards the conditional one's. Everything here acts on x̂0, the denoiser's output.
+optionally only for σ in an interval (one evaluation instead of two outside it), with the guided x̂0's
+spread rescaled towards the conditional one's, and with the update's component along the conditional x̂0
+down-weighted (adaptive projected guidance). Everything here acts on x̂0, the denoiser's output.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ def rescale_guidance(x0_guided: Tensor, x0_cond: Tensor, phi: float) -> Tensor:
     return x0_guided * (phi * ratio + (1 - phi))
 
 
+def project_guidance(update: Tensor, x0_cond: Tensor, parallel: float) -> Tensor:
+    """The guidance update D_pos − D_neg with its component parallel to the conditional x̂0 weighed by ``parallel``
+    (the η of adaptive projected guidance: Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High
+    Guidance Scales in Diffusion Models", arXiv 2410.02416, §3.1, eq. 7–8), per sample.
+
+    The parallel component mostly scales x̂0 up (over-saturation); the orthogonal one carries the condition's
+    features. ``parallel`` = 1 leaves the update alone (CFG), 0 keeps only the orthogonal part. A sample whose
+    conditional x̂0 is zero is left alone.
+    """
+    dims = tuple(range(1, update.ndim))
+    norm2 = (x0_cond * x0_cond).sum(dim=dims, keepdim=True)
+    coef = torch.where(norm2 > 0, (update * x0_cond).sum(dim=dims, keepdim=True)
+                       / norm2.clamp_min(torch.finfo(norm2.dtype).tiny), 0.0)
+    return update - (1 - parallel) * coef * x0_cond
+
+
 # --------------------------------------------------------------------------- the wrappers
 class GuidedDenoiser(Denoiser):
     """D_w = D_neg + w (D_pos − D_neg) where guidance applies, D_pos elsewhere; subclasses say what D_pos and
@@ -95,16 +112,20 @@ class GuidedDenoiser(Denoiser):
     ``interval`` (a :class:`GuidanceInterval`, None: every σ) is tested per sample. Samplers pass one σ per step,
     so a batch is either all inside (both estimates) or all outside (one evaluation, D_pos alone). A batch of
     mixed σ (the ``adaptive`` sampler keeps a σ per sample) evaluates D_neg on the rows inside only, and every row
-    gets what it would get alone. ``rescale`` is the φ of :func:`rescale_guidance` (0: off).
+    gets what it would get alone. ``rescale`` is the φ of :func:`rescale_guidance` (0: off); ``parallel`` the
+    weight of the update's component along D_pos (:func:`project_guidance`; 1: classifier-free guidance as is).
     """
 
-    def __init__(self, scale: float, interval: GuidanceInterval | None = None, rescale: float = 0.0):
+    def __init__(self, scale: float, interval: GuidanceInterval | None = None, rescale: float = 0.0,
+                 parallel: float = 1.0):
         super().__init__()
         if not math.isfinite(scale):
             raise UndiffuseError(f"guidance must be a finite number, got {scale}")
         if not 0 <= rescale <= 1:
             raise UndiffuseError(f"the guidance rescale φ must be in [0, 1], got {rescale}")
-        self.scale, self.interval, self.rescale = float(scale), interval, float(rescale)
+        if not 0 <= parallel <= 1:
+            raise UndiffuseError(f"the guidance's parallel weight η must be in [0, 1], got {parallel}")
+        self.scale, self.interval, self.rescale, self.parallel = float(scale), interval, float(rescale), float(parallel)
 
     def positive(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
         """D_pos(x, σ, cond): the conditional estimate, one evaluation."""
@@ -119,8 +140,12 @@ class GuidedDenoiser(Denoiser):
         return True
 
     def mix(self, pos: Tensor, neg: Tensor) -> Tensor:
-        """D_neg + w (D_pos − D_neg), rescaled when φ > 0."""
-        guided = neg + self.scale * (pos - neg)
+        """D_neg + w (D_pos − D_neg) = D_pos + (w − 1)(D_pos − D_neg), the update projected when η < 1, rescaled when
+        φ > 0."""
+        if self.parallel == 1.0:
+            guided = neg + self.scale * (pos - neg)
+        else:
+            guided = pos + (self.scale - 1) * project_guidance(pos - neg, pos, self.parallel)
         return rescale_guidance(guided, pos, self.rescale) if self.rescale else guided
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
@@ -146,12 +171,12 @@ class CFGDenoiser(GuidedDenoiser):
 
     w = 1 is the plain conditional model, w = 0 the unconditional one, w > 1 trades diversity for
     fidelity to the condition. Both branches run as one batch of 2B (B + the rows inside the interval).
-    ``interval`` and ``rescale`` as in :class:`GuidedDenoiser`.
+    ``interval``, ``rescale`` and ``parallel`` as in :class:`GuidedDenoiser`.
     """
 
     def __init__(self, inner: Callable[..., Tensor], scale: float, uncond: Callable[[Any], Any] = null_labels,
-                 interval: GuidanceInterval | None = None, rescale: float = 0.0):
-        super().__init__(scale, interval, rescale)
+                 interval: GuidanceInterval | None = None, rescale: float = 0.0, parallel: float = 1.0):
+        super().__init__(scale, interval, rescale, parallel)
         self.inner, self.uncond = inner, uncond
 
     def guides(self, cond: Any) -> bool:
@@ -170,7 +195,8 @@ class CFGDenoiser(GuidedDenoiser):
         return out[:len(x)], out[len(x):]
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        if self.scale == 0.0 and not self.rescale and self.interval is None and cond is not None:
+        if self.scale == 0.0 and not self.rescale and self.parallel == 1.0 and self.interval is None \
+                and cond is not None:
             return self.inner(x, sigma, self.uncond(cond))  # w = 0: the unconditional model, one evaluation
         return super().forward(x, sigma, cond)
 
@@ -182,12 +208,12 @@ class AutoguidedDenoiser(GuidedDenoiser):
 
     Both models see the same x, σ and condition (an unconditional model can be autoguided too); they cannot share
     a batch, so a guided step costs two calls. ``guide`` must work in the same space with the same conditioning
-    (:func:`check_guide`). ``interval`` and ``rescale`` as in :class:`GuidedDenoiser`.
+    (:func:`check_guide`). ``interval``, ``rescale`` and ``parallel`` as in :class:`GuidedDenoiser`.
     """
 
     def __init__(self, inner: Callable[..., Tensor], guide: Callable[..., Tensor], scale: float,
-                 interval: GuidanceInterval | None = None, rescale: float = 0.0):
-        super().__init__(scale, interval, rescale)
+                 interval: GuidanceInterval | None = None, rescale: float = 0.0, parallel: float = 1.0):
+        super().__init__(scale, interval, rescale, parallel)
         self.inner, self.guide = inner, guide
 
     def positive(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:

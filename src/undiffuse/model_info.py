@@ -134,7 +134,8 @@ def _sampling(cfg: Config) -> str:
     known = f"; as the web UIs name it: {webui}{' ' + grid if grid else ''}" if webui != s.sampler else ""
     guidance = describe_guidance(s.guidance, tuple(s.guidance_interval) if s.guidance_interval else None)
     scaled = f", ε̂ / {s.eps_scale:g} for σ ≤ 80" if s.eps_scale != 1 else ""
-    return f"{s.sampler}, {s.steps} steps, {s.grid} grid, {guidance}{scaled}{known}"
+    projected = f", the update's part along x̂0 × {s.guidance_parallel:g} (APG)" if s.guidance_parallel != 1 else ""
+    return f"{s.sampler}, {s.steps} steps, {s.grid} grid, {guidance}{projected}{scaled}{known}"
 
 
 def _provenance(meta: dict[str, Any], header: dict[str, str]) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ class SampleRequest:
     # Guide only for σ in [lo, hi] (Kynkäänniemi et al. 2024); elsewhere one conditional evaluation. None: every σ.
     guidance_interval: tuple[float, float] | None = None
     guidance_rescale: float = 0.0  # CFG rescale φ of the guided x̂0's std (Lin et al. 2024); 0: off
+    guidance_parallel: float = 1.0  # weight of the update's part along the conditional x̂0 (APG's η); 1: off
     # Autoguidance (Karras et al. 2024): a weaker model of the same kind (run folder, checkpoint file or shipped
     # name) is the negative instead of the unconditional branch. None: classifier-free guidance.
     autoguide: str | None = None
@@ -80,8 +81,8 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest,
 
     Guided for a class or prompt by classifier-free guidance, or by autoguidance with ``guide`` (default: the
     model ``req.autoguide`` names, loaded here; checked by :func:`~undiffuse.guidance.check_guide`), in
-    ``req.guidance_interval`` with ``req.guidance_rescale``. The networks run in ``req.precision``; the guidance
-    mix, like everything outside the networks, in fp32."""
+    ``req.guidance_interval`` with ``req.guidance_rescale`` and ``req.guidance_parallel``. The networks run in
+    ``req.precision``; the guidance mix, like everything outside the networks, in fp32."""
     labels = labels_for(model, req)
     base = with_precision(model.denoiser, req.precision)
     interval = None
@@ -89,7 +90,7 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest,
         if len(req.guidance_interval) != 2:
             raise UndiffuseError(f"the guidance interval must be (lo, hi), got {req.guidance_interval!r}")
         interval = GuidanceInterval(*(float(v) for v in req.guidance_interval))
-    options = {"interval": interval, "rescale": req.guidance_rescale}
+    options = {"interval": interval, "rescale": req.guidance_rescale, "parallel": req.guidance_parallel}
     text = null = None
     if model.text_conditioned:
         encoder = model.text_encoder()
@@ -172,6 +173,7 @@ def _output_params(model: LoadedModel, req: SampleRequest, labels: Tensor | None
     unguided = labels is None and not model.text_conditioned and req.autoguide is None
     for key, off in (("guidance", unguided), ("guidance_interval", unguided or req.guidance_interval is None),
                      ("guidance_rescale", unguided or not req.guidance_rescale),
+                     ("guidance_parallel", unguided or req.guidance_parallel == 1.0),
                      ("autoguide", req.autoguide is None)):
         if off:
             base.pop(key)
@@ -284,16 +286,22 @@ def card_eps_scale(loaded: LoadedModel, eps_scale: float | None) -> float:
     return float(loaded.config.sample.eps_scale) if eps_scale is None else eps_scale
 
 
+def card_guidance_parallel(loaded: LoadedModel, parallel: float | None) -> float:
+    """The guidance's parallel weight η asked for, or the model card's (``[sample] guidance_parallel``; 1: off)."""
+    return float(loaded.config.sample.guidance_parallel) if parallel is None else parallel
+
+
 def card_request(loaded: LoadedModel, *, sampler: str | None = None, steps: int | None = None,
                  grid: str | None = None, guidance: float | None = None,
                  guidance_interval: tuple[float, float] | None = None, eps_scale: float | None = None,
-                 **fields: Any) -> SampleRequest:
+                 guidance_parallel: float | None = None, **fields: Any) -> SampleRequest:
     """A request whose sampling settings left out (None) are the model card's: :func:`card_defaults`,
-    :func:`card_interval` and :func:`card_eps_scale`; ``fields`` as given."""
+    :func:`card_interval`, :func:`card_eps_scale` and :func:`card_guidance_parallel`; ``fields`` as given."""
     sampler, steps, grid, guidance = card_defaults(loaded, sampler, steps, grid, guidance)
     return SampleRequest(sampler=sampler, steps=steps, grid=grid, guidance=guidance,
                          guidance_interval=card_interval(loaded, guidance_interval),
-                         eps_scale=card_eps_scale(loaded, eps_scale), **fields)
+                         eps_scale=card_eps_scale(loaded, eps_scale),
+                         guidance_parallel=card_guidance_parallel(loaded, guidance_parallel), **fields)
 
 
 def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:

@@ -23,7 +23,7 @@ from .. import samplers
 from ..errors import UndiffuseError
 from ..guidance import check_guide
 from ..models import LoadedModel, build_schedule, load_model, sigma_range
-from ..sampling import SampleRequest, card_eps_scale, card_interval, generate
+from ..sampling import SampleRequest, card_eps_scale, card_guidance_parallel, card_interval, generate
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
 from .nearest import novelty
@@ -52,6 +52,7 @@ class EvalSettings:
     clip_x0: bool = False
     eps_scale: float | None = None
     guidance_rescale: float = 0.0
+    guidance_parallel: float | None = None  # None: the card's
     autoguide: str | None = None   # autoguidance by this weaker model instead of classifier-free guidance
     features: str | None = None    # inception (FID proper) | classifier (the classifier's 128-d); None: the
     #                                model's kind (inception for images, classifier for sounds)
@@ -65,7 +66,7 @@ class EvalSettings:
 
 # As `sample`'s, each with the value that leaves sampling as it is.
 SAMPLING_OPTIONS = {"sigma_min": None, "sigma_max": None, "rho": 7.0, "clip_x0": False, "eps_scale": 1.0,
-                    "guidance_rescale": 0.0}
+                    "guidance_rescale": 0.0, "guidance_parallel": 1.0}
 
 
 def sampling_options_given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +156,7 @@ SOUND_JUDGE = "spoken-digits-judge"
 def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     """``settings`` with the feature network and classifier left open chosen by the model's kind (a sound model is
     heard by the spoken-digit judge: its features and its verdict; Inception knows no spectrograms), and the σ grid
-    as our name (a web UI's resolved) and the ε scaling, the card's where none is given."""
+    as our name (a web UI's resolved) and the ε scaling and guidance projection, the card's where none is given."""
     sound = model.space.kind == "spectrogram"
     features = settings.features or ("classifier" if sound else "inception")
     if sound and features == "inception":
@@ -164,7 +165,8 @@ def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     classifier = settings.classifier or (SOUND_JUDGE if sound else "fashion-mnist-classifier")
     grid = samplers.resolve_grid(settings.grid) if settings.grid else model.config.sample.grid
     return replace(settings, features=features, classifier=classifier, grid=grid,
-                   eps_scale=card_eps_scale(model, settings.eps_scale))
+                   eps_scale=card_eps_scale(model, settings.eps_scale),
+                   guidance_parallel=card_guidance_parallel(model, settings.guidance_parallel))
 
 
 def load_guide(model: LoadedModel, name: str | None) -> LoadedModel | None:

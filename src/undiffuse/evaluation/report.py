@@ -28,6 +28,8 @@ def sampling_options(settings: dict[str, Any]) -> list[str]:
         words.append(f"ε̂ divided by {given['eps_scale']:g}")
     if "guidance_rescale" in given:
         words.append(f"CFG rescale {given['guidance_rescale']:g}")
+    if "guidance_parallel" in given:
+        words.append(f"guidance update's parallel part × {given['guidance_parallel']:g} (APG)")
     if settings.get("autoguide"):
         words.append(f"autoguidance by {settings['autoguide']} (instead of the unconditional branch)")
     return words

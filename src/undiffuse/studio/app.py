@@ -264,8 +264,8 @@ def recall_settings(params: dict[str, Any], catalogue: Catalogue) -> dict[str, A
         warnings.append(f"the model {source!r} is not offered here; pick another")
     s: dict[str, Any] = {"model": model, "task": params.get("task", "generate")}
     for key in ("sampler", "grid", "steps", "seed", "guidance", "prompt", "sigma_min", "sigma_max", "rho", "clip_x0",
-                "eps_scale", "guidance_interval", "guidance_rescale", "precision", "strength", "factor", "sigma",
-                "resample"):
+                "eps_scale", "guidance_interval", "guidance_rescale", "guidance_parallel", "precision", "strength",
+                "factor", "sigma", "resample"):
         if key in params:
             s[key] = params[key]
     seeds = str(params.get("seeds", ""))

@@ -67,7 +67,7 @@ class ModelEntry:
                 "parameterization": self.config.diffusion.parameterization, "step": self.step,
                 "tasks": self.tasks(),
                 "defaults": {"sampler": s.sampler, "steps": s.steps, "grid": s.grid, "guidance": s.guidance,
-                             "eps_scale": s.eps_scale}}
+                             "eps_scale": s.eps_scale, "guidance_parallel": s.guidance_parallel}}
 
 
 def read_entry(model_id: str, kind: str, source: str) -> ModelEntry | None:

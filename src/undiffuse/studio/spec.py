@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import samplers
-from ..sampling import card_defaults, card_eps_scale, card_interval
+from ..sampling import card_defaults, card_eps_scale, card_guidance_parallel, card_interval
 from ..errors import UndiffuseError
 from ..guidance import parse_interval
 from ..models import config_sigmas
@@ -23,8 +23,8 @@ from .uploads import read_mask, read_upload
 TASKS = ("generate", "inpaint", "upscale", "edit", "denoise")
 GRIDS = (*SIGMA_GRIDS, DISTILLED_GRID)
 FIELDS = ("task", "model", "prompt", "class", "sampler", "grid", "steps", "n", "seed", "guidance", "sigma_min",
-          "sigma_max", "rho", "clip_x0", "eps_scale", "guidance_interval", "guidance_rescale", "autoguide",
-          "precision", "preview_every", "image", "mask", "strength", "factor", "sigma", "resample")
+          "sigma_max", "rho", "clip_x0", "eps_scale", "guidance_interval", "guidance_rescale", "guidance_parallel",
+          "autoguide", "precision", "preview_every", "image", "mask", "strength", "factor", "sigma", "resample")
 
 
 @dataclass
@@ -142,6 +142,7 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     rho = _number(body, "rho", float, 0.01, 100, 7.0)
     eps_scale = card_eps_scale(entry, _number(body, "eps_scale", float, 0.01, 100, None))
     rescale = _number(body, "guidance_rescale", float, 0, 1, 0.0)
+    parallel = card_guidance_parallel(entry, _number(body, "guidance_parallel", float, 0, 1, None))
     interval = card_interval(entry, _interval(body.get("guidance_interval")))
     precision = _choice(body, "precision", PRECISIONS, "auto")
     guide = catalogue.get(body["autoguide"], "autoguide model") if body.get("autoguide") else None
@@ -149,7 +150,8 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     request = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, sigma_min=sigma_min,
                             sigma_max=sigma_max, rho=rho, clip_x0=_bool(body, "clip_x0", False), eps_scale=eps_scale,
                             label=label, prompt=prompt, guidance=guidance, guidance_interval=interval,
-                            guidance_rescale=rescale, autoguide=guide.source if guide else None,
+                            guidance_rescale=rescale, guidance_parallel=parallel,
+                            autoguide=guide.source if guide else None,
                             precision=precision)
     auto_every = max(1, steps // 10)
     preview_every = _number(body, "preview_every", int, 0, MAX_STEPS, auto_every)
@@ -158,7 +160,8 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
                 "steps": steps, "n": n, "seed": seed, "random_seed": drawn, "guidance": guidance if guided else None,
                 "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho, "clip_x0": request.clip_x0,
                 "eps_scale": eps_scale, "guidance_interval": list(interval) if interval else None,
-                "guidance_rescale": rescale, "autoguide": guide.id if guide else None, "precision": precision,
+                "guidance_rescale": rescale, "guidance_parallel": parallel,
+                "autoguide": guide.id if guide else None, "precision": precision,
                 "preview_every": preview_every, **options}
     return JobSpec(task, entry, request, settings, options, image, mask, guide, preview_every)
 

@@ -113,6 +113,7 @@ function onModelChange(defaults = true) {
     const d = m.defaults;
     $("#sampler").value = d.sampler; $("#grid").value = d.grid; $("#steps").value = d.steps; $("#guidance").value = d.guidance;
     $("#eps_scale").value = d.eps_scale;
+    $("#guidance_parallel").value = d.guidance_parallel;
   }
   onTaskChange();
 }
@@ -143,7 +144,8 @@ function collect() {
     precision: $("#precision").value, clip_x0: $("#clip_x0").checked };
   if (m.text) body.prompt = $("#prompt").value;
   if (m.classes.length) body.class = $("#class").value || null;
-  const fields = ["steps", "n", "sigma_min", "sigma_max", "rho", "eps_scale", "guidance_rescale", "preview_every"];
+  const fields = ["steps", "n", "sigma_min", "sigma_max", "rho", "eps_scale", "guidance_rescale", "guidance_parallel",
+    "preview_every"];
   if (m.text || m.classes.length) fields.push("guidance");
   if (task === "denoise") fields.splice(fields.indexOf("n"), 1);
   for (const id of fields) {
@@ -206,7 +208,8 @@ async function applySettings(s, inputs = {}) {
     $("#class").value = s.class === null ? "" : (m.classes.includes(s.class) ? s.class : byIndex || "");
   }
   for (const id of ["prompt", "sampler", "grid", "steps", "n", "guidance", "seed", "sigma_min", "sigma_max", "rho",
-    "eps_scale", "guidance_interval", "guidance_rescale", "autoguide", "precision", "clip_x0", "preview_every",
+    "eps_scale", "guidance_interval", "guidance_rescale", "guidance_parallel", "autoguide", "precision", "clip_x0",
+    "preview_every",
     "strength", "factor", "sigma", "resample"]) {
     if (s[id] !== undefined && !(id === "autoguide" && s[id] === null)) setField(id, s[id]);
   }
