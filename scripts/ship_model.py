@@ -4,12 +4,14 @@
         --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
     .venv/bin/python scripts/ship_model.py runs/fashion-mnist-fast fashion-mnist-fast \
         --command "undiffuse train configs/fashion-mnist-fast.toml" --set sample.steps=1
+    .venv/bin/python scripts/ship_model.py --card-only fashion-mnist --set sample.guidance=4.0
 
 Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part
 of its latest checkpoint; a latent model's autoencoder with it), its floating-point tensors in bf16 (sampling
 runs the network in bf16 anyway; loading casts them back to fp32), and config.json: the resolved config, class
 names, steps, training time, hardware and the command, so that ``undiffuse sample NAME`` finds it and anyone
-can re-make it.
+can re-make it. ``--card-only`` changes a shipped model's card (``--set``, sample settings measured after training)
+in its config.json and its weights' header alike, the weights and the training record as they are.
 """
 
 from __future__ import annotations
@@ -45,17 +47,38 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def recard(out: Path, overrides: list[str]) -> None:
+    """Apply ``overrides`` to the shipped model in ``out``: its config.json and its weights' header say the same."""
+    if not (out / "config.json").is_file():
+        raise SystemExit(f"error: no shipped model in {out}")
+    tensors, meta = load_checkpoint(out / "model.safetensors")
+    meta["config"] = apply_overrides(meta["config"], overrides)
+    card = json.loads((out / "config.json").read_text())
+    card["config"] = meta["config"]
+    save_checkpoint(out / "model.safetensors", tensors, meta)
+    (out / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"changed the card of {out}: {', '.join(overrides) or 'nothing'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?", help="the run folder (not with --card-only)")
     ap.add_argument("name")
-    ap.add_argument("--command", required=True, help="the exact command that trained the run")
+    ap.add_argument("--card-only", action="store_true", help="only apply --set to the shipped model NAME's card")
+    ap.add_argument("--command", help="the exact command that trained the run")
     ap.add_argument("--seconds", type=float, default=None, help="training wall time (default: from the run)")
     ap.add_argument("--hardware", default=None, help="default: this machine's CPU and core count")
     ap.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: bf16, half the size)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the card, e.g. --set sample.steps=1 (sample settings measured after training)")
     args = ap.parse_args()
+    if args.card_only:
+        if args.run is not None:
+            raise SystemExit("error: --card-only changes a shipped model's card: give NAME and --set, not a run")
+        recard(PRETRAINED_DIR / args.name, args.set)
+        return
+    if args.run is None or not args.command:
+        raise SystemExit("error: give the RUN folder, the NAME to ship it as and --command")
 
     source = args.run / "model.safetensors"
     if not source.is_file():

@@ -219,11 +219,12 @@ def test_recipe_hash_ignores_where_a_run_is_written_only(digits_run):
     assert recipe_hash(cfg) != recipe_hash(moved)
 
 
-def test_info_names_the_cards_guidance_interval_and_eps_scale():
+def test_info_names_the_cards_guidance_interval_projection_and_eps_scale():
     result = CliRunner().invoke(app, ["info", "fashion-mnist"])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("sampling "))
-    assert "dpmpp_2m_sde, 20 steps, trailing grid, guidance 3 for σ in [0.3, 2], ε̂ / 1.005 for σ ≤ 80" in line
+    assert ("dpmpp_2m_sde, 20 steps, trailing grid, guidance 4 for σ in [0.3, 2], the update's part along x̂0 × 0 "
+            "(APG), ε̂ / 1.005 for σ ≤ 80") in line
 
 
 def test_info_prints_the_card_and_provenance(digits_run):
