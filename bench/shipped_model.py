@@ -58,6 +58,7 @@ def main() -> None:
     rec = class_recognition(model, load_classifier(), req)
     seconds = time.perf_counter() - t0
     guided = describe_guidance(req.guidance, req.guidance_interval)
+    guided += f", projected (APG η = {req.guidance_parallel:g})" if req.guidance_parallel != 1 else ""
     guided += f", ε̂ / {req.eps_scale:g}" if req.eps_scale != 1 else ""
     print(f"{args.model}: {req.n} samples, {req.sampler}, {req.steps} steps, {req.grid} grid, {guided}, "
           f"{seconds:.0f} s ({req.n / seconds:.1f} img/s)")
