@@ -145,7 +145,8 @@ def interpolate(model: LoadedModel, seeds: tuple[int, int], label: int | None, p
     """Decode slerp(ε_a, ε_b, t) and the straight line's blend for ``points`` t in [0, 1] with DDIM, guided as
     the model samples; the endpoints are exactly the seeds' own images."""
     req = SampleRequest(n=points, seed=seeds[0], sampler="ddim", steps=steps, grid="trailing", label=label,
-                        guidance=model.config.sample.guidance)
+                        guidance=model.config.sample.guidance,
+                        guidance_parallel=model.config.sample.guidance_parallel)
     denoiser, labels, text = guided_denoiser(model, req)
     sigmas = request_sigmas(model, req)
     shape = model.space.shape

@@ -20,9 +20,10 @@ from ..sampling import SampleRequest, generate
 
 
 def request(model: LoadedModel, **kw) -> SampleRequest:
-    """A request with the model's own sampler, steps, grid and guidance, then ``kw``."""
+    """A request with the model's own sampler, steps, grid and guidance (its weight and projection), then ``kw``."""
     s = model.config.sample
-    base = SampleRequest(n=1, sampler=s.sampler, steps=s.steps, grid=s.grid, guidance=s.guidance)
+    base = SampleRequest(n=1, sampler=s.sampler, steps=s.steps, grid=s.grid, guidance=s.guidance,
+                         guidance_parallel=s.guidance_parallel)
     return replace(base, **kw)
 
 
