@@ -134,10 +134,15 @@ def _guidance_options(interval: str | None, rescale: float, autoguide: str | Non
 
     if not 0 <= rescale <= 1:
         raise UndiffuseError(f"--guidance-rescale must be in [0, 1], got {rescale}")
+    return {"guidance_interval": parse_interval(interval) if interval is not None else None,
+            "guidance_rescale": rescale, "autoguide": autoguide, "guidance_parallel": _checked_parallel(parallel)}
+
+
+def _checked_parallel(parallel: float | None) -> float | None:
+    """--guidance-parallel, refused in one line outside [0, 1] (None: the card's)."""
     if parallel is not None and not 0 <= parallel <= 1:
         raise UndiffuseError(f"--guidance-parallel must be in [0, 1], got {parallel}")
-    return {"guidance_interval": parse_interval(interval) if interval is not None else None,
-            "guidance_rescale": rescale, "autoguide": autoguide, "guidance_parallel": parallel}
+    return parallel
 
 
 def _draw(loaded, req, out: Path, progress: bool) -> tuple[Path, float]:
@@ -560,7 +565,7 @@ def evaluate(
     loaded = load_model(model)
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho, "clip_x0": clip_x0, "eps_scale": eps_scale,
                "guidance_rescale": guidance_rescale,
-               "guidance_parallel": _guidance_options(None, 0.0, None, guidance_parallel)["guidance_parallel"]}
+               "guidance_parallel": _checked_parallel(guidance_parallel)}
     given = sampling_options_given(options)
     if autoguide is not None:
         given["autoguide"] = autoguide

@@ -75,6 +75,15 @@ def labels_for(model: LoadedModel, req: SampleRequest) -> Tensor | None:
     return torch.arange(req.n) % model.num_classes
 
 
+def load_guide(model: LoadedModel, name: str | None) -> LoadedModel | None:
+    """The autoguidance model ``name`` names (None: classifier-free guidance), checked against ``model``."""
+    if name is None:
+        return None
+    guide = load_model(name)
+    check_guide(model, guide)
+    return guide
+
+
 def guided_denoiser(model: LoadedModel, req: SampleRequest,
                     guide: LoadedModel | None = None) -> tuple[Callable[..., Tensor], Tensor | None, Any]:
     """The denoiser to sample with, the per-sample labels (or None) and the prompt's embedding (or None).
@@ -95,10 +104,11 @@ def guided_denoiser(model: LoadedModel, req: SampleRequest,
     if model.text_conditioned:
         encoder = model.text_encoder()
         text, null = encoder([req.prompt or ""]), encoder([""])
-    if guide is None and req.autoguide is not None:
-        guide = load_model(req.autoguide)
-    if guide is not None:
+    if guide is None:
+        guide = load_guide(model, req.autoguide)
+    else:
         check_guide(model, guide)
+    if guide is not None:
         denoiser = AutoguidedDenoiser(base, with_precision(guide.denoiser, req.precision), req.guidance, **options)
     elif text is not None:
         denoiser = CFGDenoiser(base, req.guidance, uncond=null_text(null), **options)

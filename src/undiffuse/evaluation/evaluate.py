@@ -21,9 +21,8 @@ from tqdm.auto import tqdm
 
 from .. import samplers
 from ..errors import UndiffuseError
-from ..guidance import check_guide
-from ..models import LoadedModel, build_schedule, load_model, sigma_range
-from ..sampling import SampleRequest, card_eps_scale, card_guidance_parallel, card_interval, generate
+from ..models import LoadedModel, build_schedule, sigma_range
+from ..sampling import SampleRequest, card_eps_scale, card_guidance_parallel, card_interval, generate, load_guide
 from .fid import fid_from_features, kernel_distance
 from .likelihood import ode_bits_per_dim, vlb_bits_per_dim
 from .nearest import novelty
@@ -167,15 +166,6 @@ def for_model(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     return replace(settings, features=features, classifier=classifier, grid=grid,
                    eps_scale=card_eps_scale(model, settings.eps_scale),
                    guidance_parallel=card_guidance_parallel(model, settings.guidance_parallel))
-
-
-def load_guide(model: LoadedModel, name: str | None) -> LoadedModel | None:
-    """The autoguidance model ``name`` names (None: classifier-free guidance), checked against ``model``."""
-    if name is None:
-        return None
-    guide = load_model(name)
-    check_guide(model, guide)
-    return guide
 
 
 def as_judged(model: LoadedModel, samples: Tensor) -> Tensor:
