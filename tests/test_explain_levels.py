@@ -19,7 +19,7 @@ from undiffuse.explain.reverse_steps import SAMPLERS, step_parts
 from undiffuse.models import load_model
 from undiffuse.process import posterior
 from undiffuse.sampling import generate
-from undiffuse.explain.reverse import request
+from undiffuse.explain.reverse import card_guidance_words, request
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,15 @@ def test_the_prompt_steers_through_guidance_and_cross_attention():
         assert m.shape == (64, len(mask))
         assert torch.allclose(m.sum(-1), torch.ones(64), atol=1e-4) and float(m[:, ~mask].abs().max()) == 0
     assert all(not layer._forward_hooks for layer in recorder.layers)
+
+
+def test_the_page_samples_as_the_card_and_says_how_it_guides(fashion):
+    card = fashion.config.sample
+    req = request(fashion, seed=5)
+    assert (req.n, req.seed, req.sampler, req.steps, req.grid) == (1, 5, card.sampler, card.steps, card.grid)
+    assert req.guidance_interval == tuple(card.guidance_interval) and req.eps_scale == card.eps_scale
+    assert req.guidance_parallel == card.guidance_parallel
+    assert request(fashion, guidance_interval=(0.0, math.inf)).guidance_interval == (0.0, math.inf)  # kw win
+    words = card_guidance_words(fashion)
+    lo, hi = card.guidance_interval
+    assert f"w = {card.guidance:g}" in words and f"[{lo:g}, {hi:g}]" in words and f"{card.eps_scale:g}" in words

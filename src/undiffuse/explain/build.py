@@ -297,7 +297,8 @@ def build_explainer(model: str | LoadedModel = "fashion-mnist", image: str | Pat
                       "the class and with the \"no class\" token it also learned, and extrapolates: "
                       "D = D(∅) + w (D(class) - D(∅)). w = 0 ignores the class, w = 1 is the plain "
                       "conditional model, larger w makes the class more pronounced and the images less varied. "
-                      "A text prompt steers the same way, with a text embedding in place of the class."]
+                      "A text prompt steers the same way, with a text embedding in place of the class.",
+                      reverse.card_guidance_words(m)]
         pics = [Picture(_fig(out, "guidance.png", reverse.plot_guidance(grid, names, scales), params),
                         f"One seed per row (seeds {seed} to {seed + len(chosen) - 1}) at guidance scales w.")]
     else:

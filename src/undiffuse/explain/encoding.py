@@ -17,7 +17,7 @@ from .. import samplers
 from ..errors import UndiffuseError
 from ..models import LoadedModel
 from ..plots import save_figure
-from ..sampling import SampleRequest, guided_denoiser, request_sigmas
+from ..sampling import SampleRequest, card_request, guided_denoiser, request_sigmas
 from .page import Picture, Section
 from .reverse import _show
 
@@ -144,9 +144,7 @@ def interpolate(model: LoadedModel, seeds: tuple[int, int], label: int | None, p
                 steps: int = 20) -> Interpolation:
     """Decode slerp(ε_a, ε_b, t) and the straight line's blend for ``points`` t in [0, 1] with DDIM, guided as
     the model samples; the endpoints are exactly the seeds' own images."""
-    req = SampleRequest(n=points, seed=seeds[0], sampler="ddim", steps=steps, grid="trailing", label=label,
-                        guidance=model.config.sample.guidance,
-                        guidance_parallel=model.config.sample.guidance_parallel)
+    req = card_request(model, n=points, seed=seeds[0], sampler="ddim", steps=steps, grid="trailing", label=label)
     denoiser, labels, text = guided_denoiser(model, req)
     sigmas = request_sigmas(model, req)
     shape = model.space.shape

@@ -3,6 +3,7 @@ shape, why its images are new, DDPM against DDIM, and guidance."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -16,15 +17,13 @@ from ..data.training import load_training_data
 from ..errors import UndiffuseError
 from ..evaluation.nearest import nearest_neighbours
 from ..models import LoadedModel
-from ..sampling import SampleRequest, generate
+from ..sampling import SampleRequest, card_request, generate
 
 
 def request(model: LoadedModel, **kw) -> SampleRequest:
-    """A request with the model's own sampler, steps, grid and guidance (its weight and projection), then ``kw``."""
-    s = model.config.sample
-    base = SampleRequest(n=1, sampler=s.sampler, steps=s.steps, grid=s.grid, guidance=s.guidance,
-                         guidance_parallel=s.guidance_parallel)
-    return replace(base, **kw)
+    """One sample drawn as the model card draws it (:func:`~undiffuse.sampling.card_request`: sampler, steps, grid,
+    guidance with its interval and projection, ε scaling), with ``kw`` in place of any of them."""
+    return card_request(model, **{"n": 1, **kw})
 
 
 @dataclass
@@ -238,10 +237,30 @@ def plot_samplers(runs: list[SamplerRun]) -> Figure:
 # --------------------------------------------------------------------------- guidance
 def guidance_grid(model: LoadedModel, seed: int, classes: int, scales: tuple[float, ...]) -> Tensor:
     """(classes, len(scales), C, H, W): classes 0…classes−1, row i seeded seed + i, at each guidance scale (one
-    batch per scale: a request without a label draws the classes in turn)."""
-    cols = [generate(model, request(model, n=classes, seed=seed, label=None, guidance=w), progress=False)[0]
+    batch per scale: a request without a label draws the classes in turn). Plain classifier-free guidance at every
+    σ, whatever interval or projection the card samples with, so that each column is exactly
+    D(∅) + w (D(class) − D(∅))."""
+    cols = [generate(model, request(model, n=classes, seed=seed, label=None, guidance=w,
+                                    guidance_interval=(0.0, math.inf), guidance_parallel=1.0), progress=False)[0]
             for w in scales]
     return torch.stack(cols, dim=1)
+
+
+def card_guidance_words(model: LoadedModel) -> str:
+    """A sentence on how the model card guides, which the reverse path and the other pictures follow."""
+    s = model.config.sample
+    parts = [f"w = {s.guidance:g}"]
+    if s.guidance_interval:
+        lo, hi = s.guidance_interval
+        parts.append(f"only while σ is in [{lo:g}, {hi:g}] (the guidance interval, Kynkäänniemi et al. 2024: one "
+                     "evaluation per step outside it)")
+    if s.guidance_parallel != 1.0:
+        parts.append(f"with the part of D(class) - D(∅) along D(class) weighed by {s.guidance_parallel:g} "
+                     "(adaptive projected guidance, Sadat et al. 2024: that part mostly over-saturates)")
+    if s.eps_scale != 1.0:
+        parts.append(f"and ε̂ divided by {s.eps_scale:g} (ε scaling, Ning et al. 2024)")
+    return ("The grid of scales guides at every step; the other pictures on this page are drawn as the model card "
+            "samples: " + ", ".join(parts) + ".")
 
 
 def plot_guidance(grid: Tensor, names: list[str], scales: tuple[float, ...]) -> Figure:
