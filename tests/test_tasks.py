@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from undiffuse import samplers
 from undiffuse.cli import app, main
+from undiffuse.images import read_params
 from undiffuse.model_files import resolve_model_path, shipped_models
 from undiffuse.models import load_model
 from undiffuse.sampling import SampleRequest
@@ -122,6 +123,23 @@ def test_task_commands_end_to_end(digits, tmp_path, capsys):
             main([*args, "--model", str(run)])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif("fashion-mnist" not in shipped_models(), reason="the shipped model is not in this checkout")
+def test_task_commands_sample_as_the_card_unless_told(tmp_path):
+    card = load_model("fashion-mnist").config.sample
+    Image.fromarray((np.random.default_rng(1).random((28, 28)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    base = ["edit", str(tmp_path / "in.png"), "--class", "Sneaker", "--n", "1", "--steps", "2"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "card")])
+    assert r.exit_code == 0, r.output
+    got = read_params(tmp_path / "card" / "grid.png")
+    assert (got["sampler"], got["guidance"], got["guidance_parallel"], got["eps_scale"]) == \
+        (card.sampler, card.guidance, card.guidance_parallel, card.eps_scale)
+    assert list(got["guidance_interval"]) == list(card.guidance_interval)
+    r = CliRunner().invoke(app, [*base, "--sampler", "ddim", "--guidance", "2", "--out", str(tmp_path / "told")])
+    assert r.exit_code == 0, r.output
+    told = read_params(tmp_path / "told" / "grid.png")
+    assert (told["sampler"], told["guidance"]) == ("ddim", 2.0)
 
 
 @pytest.mark.skipif("fashion-mnist" not in shipped_models(), reason="the shipped model is not in this checkout")

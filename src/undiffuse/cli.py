@@ -300,15 +300,17 @@ PromptOpt = Annotated[str | None, typer.Option(help="A prompt, for a text-condit
 
 
 def _task_setup(model: str, class_: str | None, prompt: str | None, **kw):
-    """The loaded model and a request for one of the image tasks (no class: unconditional)."""
+    """The loaded model and a request for one of the tasks (no class: unconditional). Sampler, steps and guidance
+    left out (None) are the model card's, as are its grid, guidance interval and projection and ε scaling: the
+    tasks sample as `undiffuse sample` and the studio do."""
     from .models import load_model
-    from .sampling import SampleRequest, parse_class
+    from .sampling import card_request, parse_class
 
     loaded = load_model(model)
     label = parse_class(loaded, class_)
     if label is None and loaded.num_classes:
         label = -1  # the "no class" token: the model's unconditional half
-    return loaded, SampleRequest(label=label, prompt=prompt, **kw)
+    return loaded, card_request(loaded, label=label, prompt=prompt, **kw)
 
 
 def _load_input(path: Path, loaded, size: int | None = None):
@@ -326,8 +328,8 @@ def inpaint(
     = None,
     model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
     resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 0,
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
-    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/inpaint"),
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/inpaint"),
 ) -> None:
     """Fill the white part of MASK in IMAGE (or the --gap of a sound clip); the rest is returned exactly as it was.
 
@@ -369,8 +371,8 @@ def animate(
     resample: Annotated[int, typer.Option(help="RePaint-style re-noise/denoise rounds per step (0: off).")] = 1,
     guide: Annotated[float, typer.Option(help="Reconstruction guidance weight on the other frames (0: off; one "
                                               "backward pass per step).")] = 5.0,
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
-    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/animate"),
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/animate"),
 ) -> None:
     """Image-to-video: IMAGE is the first frame, the video model makes the rest (a GIF, an MP4 and a PNG strip per
     clip). The frame is written into every estimate x̂0 of the clip, as inpainting does over space, and the other
@@ -402,8 +404,8 @@ def upscale(
     strength: Annotated[float, typer.Option(help="1: start from noise; < 1: from the enlarged input noised "
                                             "that far (faster, closer to the input).")] = 1.0,
     model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
-    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/upscale"),
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/upscale"),
 ) -> None:
     """Super-resolution ×2 or ×4 whose output averages back down to the input exactly.
 
@@ -428,8 +430,8 @@ def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit.")],
     strength: Annotated[float, typer.Option(help="How far to noise it, 0-1: more changes more.")] = 0.6,
     model: ModelOpt = "fashion-mnist", class_: ClassOpt = None, prompt: PromptOpt = None,
-    sampler: SamplerOpt = "dpmpp_2m", steps: StepsOpt = 20, n: NOpt = 4, seed: SeedOpt = 0,
-    guidance: GuidanceOpt = 2.0, out: OutOpt = Path("out/edit"),
+    sampler: CardSamplerOpt = None, steps: CardStepsOpt = None, n: NOpt = 4, seed: SeedOpt = 0,
+    guidance: ModelGuidanceOpt = None, out: OutOpt = Path("out/edit"),
 ) -> None:
     """Image-to-image (SDEdit): noise IMAGE to STRENGTH and denoise it, towards --class or --prompt."""
     from .tasks import edit as run_edit

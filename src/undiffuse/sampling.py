@@ -314,9 +314,17 @@ def card_request(loaded: LoadedModel, *, sampler: str | None = None, steps: int 
                          guidance_parallel=card_guidance_parallel(loaded, guidance_parallel), **fields)
 
 
+TASK_RECORDED = ("eps_scale", "prompt", "guidance", "guidance_interval", "guidance_rescale", "guidance_parallel",
+                 "autoguide")
+
+
 def write_task_images(loaded: LoadedModel, req: SampleRequest, images: Tensor, out: Path, extra: dict) -> Path:
-    """One PNG per result of an image task and their grid, each carrying the task's parameters."""
-    params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed, **extra}
+    """One PNG per result of an image task and their grid, each carrying the task's parameters: the sampler, the
+    guidance that took effect (as `sample` records it) and the ε scaling; the σ grid is the task's own."""
+    labels = torch.tensor([req.label]) if req.label is not None and req.label >= 0 else None
+    taken = _output_params(loaded, req, labels)
+    params = {"model": loaded.source, "sampler": req.sampler, "steps": req.steps, "seed": req.seed,
+              **{k: taken[k] for k in TASK_RECORDED if k in taken}, **extra}
     for i, img in enumerate(images):
         save_png(out / f"{i:04d}_seed{req.seed + i}.png", img, {**params, "seed": req.seed + i})
     return save_png(out / "grid.png", make_grid(images), params, scale=2)
