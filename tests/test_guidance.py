@@ -70,6 +70,12 @@ def test_interval_covering_every_sigma_is_plain_guidance(name):
     assert torch.equal(a, b) and plain.calls == windowed.calls and all(n % 2 == 0 for n in plain.calls)
 
 
+def test_an_interval_covering_every_sigma_keeps_the_unconditional_shortcut():
+    plain, windowed = Counting(), Counting()
+    a, b = run("euler", CFGDenoiser(plain, 0.0)), run("euler", CFGDenoiser(windowed, 0.0, interval=EVERYWHERE))
+    assert torch.equal(a, b) and windowed.calls == plain.calls == [3] * (len(SIGMAS) - 1)  # w = 0: one evaluation
+
+
 @pytest.mark.parametrize("name", samplers.names())
 def test_outside_the_interval_one_evaluation_gives_the_conditional_denoiser(name):
     cond, windowed = Counting(), Counting()

@@ -55,6 +55,11 @@ class GuidanceInterval:
         if not (self.lo >= 0 and self.hi >= self.lo and not math.isnan(self.hi)):
             raise UndiffuseError(f"the guidance interval needs 0 ≤ LO ≤ HI, got {self.lo},{self.hi}")
 
+    @property
+    def everywhere(self) -> bool:
+        """Whether every σ ≥ 0 is inside: the same as no interval."""
+        return self.lo <= 0 and self.hi == math.inf
+
     def contains(self, sigma: Tensor) -> Tensor:
         """Per sample: is its σ in the interval? ``sigma`` of shape (batch,) → bool (batch,)."""
         return (sigma >= self.lo) & (sigma <= self.hi)
@@ -125,6 +130,7 @@ class GuidedDenoiser(Denoiser):
             raise UndiffuseError(f"the guidance rescale φ must be in [0, 1], got {rescale}")
         if not 0 <= parallel <= 1:
             raise UndiffuseError(f"the guidance's parallel weight η must be in [0, 1], got {parallel}")
+        interval = None if interval is not None and interval.everywhere else interval  # [0, ∞]: no interval
         self.scale, self.interval, self.rescale, self.parallel = float(scale), interval, float(rescale), float(parallel)
 
     def positive(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
