@@ -25,6 +25,7 @@ from undiffuse.model_files import shipped_models  # noqa: E402
 from undiffuse.studio import limits  # noqa: E402
 from undiffuse.studio.client import StudioClient, StudioError  # noqa: E402
 from undiffuse.studio.server import BackgroundStudio, bind, host_warning  # noqa: E402
+from undiffuse.tasks.run import DENOISE_SAMPLER, DENOISE_STEPS  # noqa: E402
 
 MODEL = "run:run"   # the digits_run fixture's folder is …/run
 
@@ -77,6 +78,7 @@ def test_info_models_and_samplers(studio, digits_run):
     assert run["classes"] == [str(i) for i in range(10)] and not run["text"]
     assert run["defaults"] == {"sampler": "dpmpp_2m", "steps": 20, "grid": "karras", "guidance": 2.0,  # its card
                                "eps_scale": 1.0, "guidance_parallel": 1.0}
+    assert run["task_defaults"] == {"denoise": {"sampler": DENOISE_SAMPLER, "steps": DENOISE_STEPS}}
     assert "denoise" in run["tasks"] and models["emoji-dit"]["space"] == "latent"
     assert "denoise" not in models["emoji-dit"]["tasks"] and models["emoji-dit"]["text"]
     assert [s["name"] for s in c.get("/api/samplers")["samplers"]] == samplers.names()
@@ -153,6 +155,25 @@ def test_image_tasks(studio):
     assert bad["state"] == "failed" and "white (fill) and black (keep)" in bad["error"]
     assert not Path(studio.out, "history", bad["id"]).exists()      # a failed job leaves nothing behind
     assert c.wait(c.submit(model=MODEL, steps=2, n=1)["id"])["state"] == "done"
+
+
+def test_denoise_samples_as_the_cli_does(studio):
+    """denoise's sampler and steps left out are the task's own (the CLI's), not the card's SDE sampler; given, kept."""
+    import inspect
+
+    from undiffuse import cli
+    defaults = inspect.signature(cli.denoise).parameters
+    assert (defaults["sampler"].default, defaults["steps"].default) == (DENOISE_SAMPLER, DENOISE_STEPS)
+    c = studio.client
+    src = data_url(png(Image.fromarray((torch.rand(32, 32) * 255).to(torch.uint8).numpy(), "L")))
+    job = c.submit(model="fashion-mnist", task="denoise", image=src, sigma=0.1)
+    assert (job["settings"]["sampler"], job["settings"]["steps"]) == (DENOISE_SAMPLER, DENOISE_STEPS)
+    card = {m["id"]: m for m in c.get("/api/models")["models"]}["fashion-mnist"]["defaults"]
+    assert (card["sampler"], card["steps"]) != (DENOISE_SAMPLER, DENOISE_STEPS)   # so the task's own took effect
+    assert c.wait(job["id"])["state"] == "done"
+    chosen = c.submit(model="fashion-mnist", task="denoise", image=src, sampler="euler", steps=3)
+    assert (chosen["settings"]["sampler"], chosen["settings"]["steps"]) == ("euler", 3)
+    assert c.wait(chosen["id"])["state"] == "done"
 
 
 BAD = [

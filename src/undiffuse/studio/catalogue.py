@@ -16,6 +16,7 @@ from ..config import Config, config_from_json
 from ..errors import UndiffuseError
 from ..model_files import resolve_model_path, shipped_models
 from ..models import LoadedModel, load_model
+from ..tasks.run import DENOISE_SAMPLER, DENOISE_STEPS
 from .limits import LOADED_MODELS, ApiError
 from .runs import find_runs
 
@@ -67,7 +68,8 @@ class ModelEntry:
                 "parameterization": self.config.diffusion.parameterization, "step": self.step,
                 "tasks": self.tasks(),
                 "defaults": {"sampler": s.sampler, "steps": s.steps, "grid": s.grid, "guidance": s.guidance,
-                             "eps_scale": s.eps_scale, "guidance_parallel": s.guidance_parallel}}
+                             "eps_scale": s.eps_scale, "guidance_parallel": s.guidance_parallel},
+                "task_defaults": {"denoise": {"sampler": DENOISE_SAMPLER, "steps": DENOISE_STEPS}}}
 
 
 def read_entry(model_id: str, kind: str, source: str) -> ModelEntry | None:

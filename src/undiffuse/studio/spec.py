@@ -16,6 +16,7 @@ from ..models import config_sigmas
 from ..nets.cpu import PRECISIONS
 from ..process import DISTILLED_GRID, SIGMA_GRIDS
 from ..sampling import SampleRequest, parse_class
+from ..tasks.run import DENOISE_SAMPLER, DENOISE_STEPS
 from .catalogue import Catalogue, ModelEntry
 from .limits import MAX_N, MAX_PROMPT, MAX_SEED, MAX_STEPS, ApiError
 from .uploads import read_mask, read_upload
@@ -128,10 +129,14 @@ def _parse(body: dict, catalogue: Catalogue) -> JobSpec:
     label = parse_class(entry, cls)
     if label is None and task != "generate" and entry.num_classes:
         label = -1  # as the CLI's tasks: no class is the model's unconditional half
-    # the fields left out come from the model card's [sample] section, as in `undiffuse sample`
+    # the fields left out come from the model card's [sample] section, as in `undiffuse sample`; denoise's sampler
+    # and steps from the task's own defaults, as in `undiffuse denoise`
+    sampler, steps = body.get("sampler") or None, _number(body, "steps", int, 1, MAX_STEPS, None)
+    if task == "denoise":
+        sampler, steps = sampler or DENOISE_SAMPLER, steps or DENOISE_STEPS
     sampler, steps, grid, guidance = card_defaults(
-        entry, body.get("sampler") or None, _number(body, "steps", int, 1, MAX_STEPS, None),
-        _choice(body, "grid", GRIDS, "") or None, _number(body, "guidance", float, -100, 100, None))
+        entry, sampler, steps, _choice(body, "grid", GRIDS, "") or None,
+        _number(body, "guidance", float, -100, 100, None))
     samplers.info(sampler)  # an unknown name: its own message, naming the known ones
     n = 1 if task == "denoise" else _number(body, "n", int, 1, MAX_N, 4)
     seed, drawn = _seed(body)

@@ -20,6 +20,10 @@ from .consistency import (DecodedProjectionDenoiser, InpaintDenoiser, UpscaleDen
                           match_low,
                           upsample)
 
+# denoise's own sampling defaults (the CLI's and the studio's): a deterministic solver, unguided, so the result is a
+# function of the image alone; 10 steps from the image's σ, which is low next to a sample's start
+DENOISE_SAMPLER, DENOISE_STEPS = "dpmpp_2m", 10
+
 
 def _check_image(model: LoadedModel, image: Tensor, size: int | None = None, what: str = "image") -> Tensor:
     c, s = model.config.data.channels, size or model.config.data.image_size
@@ -153,4 +157,5 @@ def denoise(model: LoadedModel, noisy: Tensor, req: SampleRequest, sigma: float 
     return out.clamp(-1, 1), sigma
 
 
-__all__ = ["denoise", "downsample", "edit", "estimate_noise_sigma", "inpaint", "sigma_at_strength", "upscale"]
+__all__ = ["DENOISE_SAMPLER", "DENOISE_STEPS", "denoise", "downsample", "edit", "estimate_noise_sigma", "inpaint",
+           "sigma_at_strength", "upscale"]

@@ -4,7 +4,7 @@
 const $ = (sel) => document.querySelector(sel);
 const $$ = (sel) => Array.from(document.querySelectorAll(sel));
 const S = {
-  info: null, models: [], samplers: [], jobs: [], follow: null, shownPreview: null, shownResult: null,
+  info: null, models: [], samplers: [], jobs: [], follow: null, task: null, shownPreview: null, shownResult: null,
   image: null, historyOffset: 0, historyStale: true, run: null, runTimer: null, events: null, pollTimer: null,
 };
 const TASK_LABEL = { generate: "Generate", inpaint: "Inpaint", upscale: "Upscale", edit: "Edit", denoise: "Denoise" };
@@ -114,6 +114,7 @@ function onModelChange(defaults = true) {
     $("#sampler").value = d.sampler; $("#grid").value = d.grid; $("#steps").value = d.steps; $("#guidance").value = d.guidance;
     $("#eps_scale").value = d.eps_scale;
     $("#guidance_parallel").value = d.guidance_parallel;
+    S.task = null;   // the card's sampler and steps are in the form now, whatever the task
   }
   onTaskChange();
 }
@@ -121,6 +122,11 @@ function onModelChange(defaults = true) {
 function onTaskChange() {
   const m = modelCard();
   const task = $("#task").value || "generate";
+  if (m && (task === "denoise") !== (S.task === "denoise")) {   // denoise samples as `undiffuse denoise` does
+    const d = task === "denoise" ? m.task_defaults.denoise : m.defaults;
+    $("#sampler").value = d.sampler; $("#steps").value = d.steps;
+  }
+  S.task = task;
   const cls = $("#class").value;
   if (m) fillSelect($("#class"), [{ value: "", label: task === "generate" ? "all classes in turn" : "no class" },
     ...m.classes.map((c) => ({ value: c, label: c }))], cls);
