@@ -175,6 +175,29 @@ def test_the_teacher_guides_in_its_cards_interval_unless_told():
         cfg.validate()
 
 
+def test_the_cards_guidance_is_distilled_with_its_projection(teacher, tmp_path, monkeypatch):
+    """distill.guidance = 0 takes the card's guidance whole, its projection (η) included; an explicit weight is plain
+    classifier-free guidance, with the cache key it always had."""
+    fashion = load_model("fashion-mnist")
+    s = fashion.config.sample
+    assert s.guidance_parallel != 1.0   # the shipped card projects: the case this is about
+    cfg = Config(distill=DistillConfig(teacher="fashion-mnist"))
+    assert distill.teacher_guidance(cfg, fashion) == (s.guidance, s.guidance_parallel)
+    cfg.distill.guidance = 2.0
+    assert distill.teacher_guidance(cfg, fashion) == (2.0, 1.0)
+    path = tmp_path / "weights"
+    path.write_bytes(b"x")
+    assert distill._key(path, cfg, 2.0) == distill._key(path, cfg, 2.0, 1.0) != distill._key(path, cfg, 2.0, 0.0)
+    # the projection reaches the trajectories: η = 0 and η = 1 solve different ODEs from the same noise
+    monkeypatch.setenv("UNDIFFUSE_DATA", str(tmp_path / "cache"))
+    model = load_model(teacher)
+    run = load_config(ROOT / "configs" / "digits-smoke.toml", [f"distill.teacher='{teacher}'"])
+    grid, at = distill.teacher_grid([80.0, 2.0], 2, grid_min(model))
+    plain, projected = (distill.generate_chunk(model, run, 0, 4, 3.0, grid, at, parallel=eta)["ends"]
+                        for eta in (1.0, 0.0))
+    assert not torch.allclose(plain, projected, atol=1e-3)
+
+
 def grid_min(model):
     from undiffuse.models import sigma_range
     return sigma_range(model.config)[0]

@@ -146,7 +146,8 @@ class DistillConfig:
     #                                  first: n-step sampling visits levels 0, L/n, 2L/n, … ("distilled" grid)
     steps_per_level: int = 6         # teacher solver steps between two levels (and from the last level to 0)
     sampler: str = "dpmpp_2m"        # the teacher's solver of the probability-flow ODE
-    guidance: float = 0.0            # the teacher's classifier-free guidance, distilled in (0: its recipe's)
+    guidance: float = 0.0            # the teacher's classifier-free guidance, distilled in (0: its card's guidance,
+    #                                  its projection sample.guidance_parallel too)
     guidance_interval: list[float] = field(default_factory=list)  # σ range the teacher guides in ([]: its card's
     #                                  sample.guidance_interval; [0, inf]: every σ)
     renoise: bool = False            # below the first level, learn from re-noised trajectory ends x̂ + σ_l·ε (the

@@ -109,12 +109,14 @@ def distillation_loss(student, x: Tensor, sigma: Tensor, cond: Tensor | None, en
     return (student(x, sigma, cond).float() - end).pow(2).mean()
 
 
-def _key(teacher_path: Path, cfg: Config, guidance: float) -> str:
+def _key(teacher_path: Path, cfg: Config, guidance: float, parallel: float = 1.0) -> str:
     h = hashlib.sha256()
     with open(teacher_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     settings = {**to_dict(cfg)["distill"], "guidance": guidance, "seed": cfg.train.seed}
+    if parallel != 1.0:  # (plain guidance keeps the keys of the caches written before projection existed)
+        settings["guidance_parallel"] = parallel
     settings.pop("trajectories")  # more trajectories extend the same cache
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:24]
@@ -125,9 +127,12 @@ def cache_dir() -> Path:
     return data_root() / "trajectories"
 
 
-def teacher_guidance(cfg: Config, teacher: LoadedModel) -> float:
-    """The guidance weight distilled in: ``distill.guidance``, or the teacher recipe's."""
-    return cfg.distill.guidance or teacher.config.sample.guidance
+def teacher_guidance(cfg: Config, teacher: LoadedModel) -> tuple[float, float]:
+    """The guidance distilled in, (w, η): ``distill.guidance`` as classifier-free guidance (η = 1), or the teacher
+    card's with its projection η (``sample.guidance_parallel``, Sadat et al. 2024): its weight was chosen with it."""
+    if cfg.distill.guidance:
+        return cfg.distill.guidance, 1.0
+    return teacher.config.sample.guidance, teacher.config.sample.guidance_parallel
 
 
 def teacher_interval(cfg: Config, teacher: LoadedModel) -> GuidanceInterval | None:
@@ -137,15 +142,17 @@ def teacher_interval(cfg: Config, teacher: LoadedModel) -> GuidanceInterval | No
 
 
 def generate_chunk(teacher: LoadedModel, cfg: Config, start: int, count: int, guidance: float,
-                   grid: Tensor, at: list[int], interval: GuidanceInterval | None = None) -> dict[str, Tensor]:
-    """Trajectories ``start`` … ``start + count - 1``: seed ``train.seed·10⁹ + i``, class i mod K."""
+                   grid: Tensor, at: list[int], interval: GuidanceInterval | None = None,
+                   parallel: float = 1.0) -> dict[str, Tensor]:
+    """Trajectories ``start`` … ``start + count - 1``: seed ``train.seed·10⁹ + i``, class i mod K, guided at
+    ``guidance`` in ``interval`` with the update's part along x̂0 weighted by ``parallel``."""
     shape = teacher.space.shape
     idx = torch.arange(start, start + count)
     labels = idx % teacher.num_classes if teacher.num_classes else torch.full((count,), -1)
     gens = samplers.make_generators([cfg.train.seed * 10**9 + int(i) for i in idx])
     x = samplers.randn((count, *shape), gens) * float(grid[0])
     base = with_precision(teacher.denoiser, "auto")
-    denoiser = CFGDenoiser(base, guidance, interval=interval) if teacher.num_classes else base
+    denoiser = CFGDenoiser(base, guidance, interval=interval, parallel=parallel) if teacher.num_classes else base
     states = torch.empty(count, len(at), *shape)
     where = {step: level for level, step in enumerate(at)}
 
@@ -174,10 +181,10 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
         raise UndiffuseError(f"distill.teacher: {cfg.distill.teacher} is a point-data model; distillation is for "
                              "image models")
     samplers.info(cfg.distill.sampler)
-    guidance, interval = teacher_guidance(cfg, teacher), teacher_interval(cfg, teacher)
+    (guidance, parallel), interval = teacher_guidance(cfg, teacher), teacher_interval(cfg, teacher)
     sigma_min = sigma_range(teacher.config)[0]
     grid, at = teacher_grid(list(cfg.distill.sigmas), cfg.distill.steps_per_level, sigma_min)
-    folder = cache_dir() / _key(resolve_model_path(cfg.distill.teacher), cfg, guidance)
+    folder = cache_dir() / _key(resolve_model_path(cfg.distill.teacher), cfg, guidance, parallel)
     n = cfg.distill.trajectories
     chunks = []
     steps = len(grid) - 1 + (sum(len(grid) - 1 - step for step in at[1:]) if cfg.distill.renoise else 0)
@@ -198,12 +205,13 @@ def trajectory_data(cfg: Config, teacher: LoadedModel | None = None, progress: b
                 chunk = {}
                 for s in range(start, start + count, 256):
                     part = generate_chunk(teacher, cfg, s, min(256, start + count - s), guidance, grid, at,
-                                          interval)
+                                          interval, parallel)
                     for k, v in part.items():
                         chunk[k] = torch.cat([chunk[k], v]) if k in chunk else v
                     bar.update(len(part["ends"]))
                 try:
                     save_checkpoint(path, chunk, {"teacher": cfg.distill.teacher, "guidance": guidance,
+                                                  "guidance_parallel": parallel,
                                                   "distill": to_dict(cfg)["distill"]})
                 except UndiffuseError as err:  # an unwritable cache costs time next run, never this one
                     log.warning("could not cache teacher trajectories in %s: %s", path, err)
