@@ -13,7 +13,7 @@ from undiffuse.explain.maths import ORDER_SAMPLERS, flow_path, sampler_order
 from undiffuse.process import sigmas_karras
 from undiffuse.samplers import make_generators, randn
 from undiffuse.explain.page import LEVELS, Section, render
-from undiffuse.explain.prompt import AttentionRecorder, guided_steps, prompt_words
+from undiffuse.explain.prompt import AttentionRecorder, _card_refines, guided_steps, prompt_words
 from undiffuse.explain.pixels import autocorrelation, per_pixel, splat_noise
 from undiffuse.explain.reverse_steps import SAMPLERS, step_parts
 from undiffuse.models import load_model
@@ -165,6 +165,18 @@ def test_the_prompt_steers_through_guidance_and_cross_attention():
         assert m.shape == (64, len(mask))
         assert torch.allclose(m.sum(-1), torch.ones(64), atol=1e-4) and float(m[:, ~mask].abs().max()) == 0
     assert all(not layer._forward_hooks for layer in recorder.layers)
+    # a card that guides in an interval, projected, with ε scaling: the picture still shows plain CFG, exactly
+    card = emoji.config.sample
+    saved = (card.guidance_interval, card.guidance_parallel, card.eps_scale, card.steps)
+    card.guidance_interval, card.guidance_parallel, card.eps_scale, card.steps = [0.5, 3.0], 0.0, 1.01, 6
+    try:
+        g, _ = guided_steps(emoji, "a red heart", seed=0, shown=3)
+        refined = _card_refines(emoji)
+    finally:
+        card.guidance_interval, card.guidance_parallel, card.eps_scale, card.steps = saved
+    assert g.mix_error < 1e-4
+    assert "model card's own samples refine" in refined   # and the page says the card's samples differ
+    assert _card_refines(emoji) == ""                # the shipped text card guides plainly: nothing to add
 
 
 def test_the_page_samples_as_the_card_and_says_how_it_guides(fashion):

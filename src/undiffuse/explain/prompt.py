@@ -8,6 +8,7 @@ forms (the attention of every image token to every text token, as Prompt-to-Prom
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,10 @@ def guided_steps(model: LoadedModel, prompt: str, seed: int, shown: int = SHOWN_
     """One guided reverse process; at ``shown`` of its steps the network is called again with the prompt and with
     the empty prompt, and the two mixed by the guidance weight; with ``recorder`` the conditional call's
     cross-attention is kept, one (N, L) map per shown step."""
-    req = request(model, seed=seed, prompt=prompt, precision="fp32")   # fp32: the mix below is recomputed exactly
+    # fp32: the mix below is recomputed exactly; plain guidance at every σ, whatever the card's interval, projection
+    # or ε scaling, so that the mix shown is D(∅) + w (D(prompt) - D(∅)) and is what the sampler followed
+    req = request(model, seed=seed, prompt=prompt, precision="fp32", guidance_interval=(0.0, math.inf),
+                  guidance_parallel=1.0, eps_scale=1.0)
     states: list[tuple[float, Tensor, Tensor]] = []
     final, _ = generate(model, req, progress=False,
                         callback=lambda i, s, x, x0: states.append((float(torch.as_tensor(s).flatten()[0]), x, x0)))
@@ -199,6 +203,15 @@ def plot_attention(wm: WordMaps, g: GuidedSteps) -> Figure:
     return fig
 
 
+def _card_refines(model: LoadedModel) -> str:
+    """A sentence where the card guides otherwise than the plain mix shown (interval, projection, ε scaling)."""
+    s = model.config.sample
+    if not s.guidance_interval and s.guidance_parallel == 1.0 and s.eps_scale == 1.0:
+        return ""
+    return (" This picture guides plainly at every step; the model card's own samples refine that (its guidance "
+            "interval, projection and ε scaling: <code>undiffuse info</code> lists them).")
+
+
 def prompt_section(model: LoadedModel, out: Path, params: dict, numbers: dict, seed: int) -> Section:
     """Level 4: from a prompt to the image it asks for."""
     seeds = (seed, seed + 1)
@@ -250,6 +263,7 @@ def prompt_section(model: LoadedModel, out: Path, params: dict, numbers: dict, s
         "prompt's estimate already has a colour and a rough shape, and guidance exaggerates the difference. "
         f"The pull D(prompt) - D(∅) has an RMS of {g.direction[0]:.3f} at the first shown step and "
         f"{g.direction[-1]:.3f} at the last: late in the process the image is settled and the prompt has little "
-        f"left to say. (Check: the mix computed here equals the sampler's own estimate to {g.mix_error:.1e}.)",
+        f"left to say. (Check: the mix computed here equals the sampler's own estimate to {g.mix_error:.1e}.)"
+        + _card_refines(model),
         attention_text]
     return Section("prompt", "The prompt steers", paragraphs, pics, level=4)
