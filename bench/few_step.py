@@ -8,10 +8,11 @@ shipped classifier recognises as the asked class, and the seconds of sampling.
 
 - student: multistep consistency sampling on its ``distilled`` grid at 1, 2 and 4 steps;
 - teacher, ours: --ours samplers (name:grid) at the --teacher-nfes budgets, guided at the teacher's guidance
-  (steps = NFE / 2) and unguided (steps = NFE);
+  (steps = NFE / 2) and unguided (steps = NFE), with its card's guidance projection η and ε scaling;
 - teacher, diffusers: --diffusers schedulers (as in peers.py: Name[+trailing|+karras|+thresholding]) driving the
   teacher's network in its latent space with the same guidance, each step ``cfg = u + w (c - u)`` on the
-  network's v output as diffusers' pipelines do, then our decoder.
+  network's v output as diffusers' pipelines do, then our decoder; at each --diffusers-guidance weight (plain
+  guidance is best at a lower weight than projected guidance: the table's best row is diffusers' best).
 
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --json bench/results/few-step.json
     .venv/bin/python bench/few_step.py --student ~/runs/fashion-mnist-fast --n 100 --diffusers DPMSolverMultistep
@@ -42,7 +43,7 @@ from undiffuse.evaluation.fid import fid_from_features
 from undiffuse.evaluation.inception import InceptionFeatures
 from undiffuse.guidance import parse_interval
 from undiffuse.models import LoadedModel, load_model
-from undiffuse.sampling import SampleRequest, generate
+from undiffuse.sampling import card_request, generate
 
 BATCH = 100
 
@@ -58,10 +59,15 @@ class Counter:
         self.rows += len(args[0])
 
 
+EVERY_SIGMA = (0.0, float("inf"))  # a guidance interval that covers every σ: plain guidance
+
+
 def ours(model: LoadedModel, sampler: str, grid: str, steps: int, guidance: float, n: int, seed: int,
-         interval: tuple[float, float] | None = None) -> Tensor:
-    req = SampleRequest(n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, guidance=guidance, batch_size=BATCH,
-                        guidance_interval=interval)
+         interval: tuple[float, float] = EVERY_SIGMA) -> Tensor:
+    """Our ``sampler`` on ``model`` with the card's guidance projection η and ε scaling (at ``guidance``, guided in
+    ``interval``)."""
+    req = card_request(model, n=n, seed=seed, sampler=sampler, steps=steps, grid=grid, guidance=guidance,
+                       batch_size=BATCH, guidance_interval=interval)
     images, _ = generate(model, req, progress=False)
     return images
 
@@ -115,6 +121,9 @@ def main() -> None:
                     help="our samplers on the teacher, name:grid, comma-separated (\"\": none)")
     ap.add_argument("--diffusers", default="DPMSolverMultistep,UniPCMultistep,DDIM+trailing,EulerDiscrete")
     ap.add_argument("--diffusers-nfes", default="20")
+    ap.add_argument("--diffusers-guidance", default=None, metavar="W,…",
+                    help="classifier-free guidance weights for diffusers' rows, each one row (default: the teacher "
+                         "card's weight); diffusers guides plainly, so its best weight can differ from ours")
     ap.add_argument("--unguided", action=argparse.BooleanOptionalAction, default=True,
                     help="also the teacher's unguided rows at each NFE (--no-unguided: the guided ones only)")
     ap.add_argument("--interval", action=argparse.BooleanOptionalAction, default=False,
@@ -134,6 +143,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     student, teacher = load_model(args.student), load_model(args.teacher)
     w = teacher.config.sample.guidance if args.guidance is None else args.guidance
+    card = teacher.config.sample
+    eps = f", ε̂/{card.eps_scale:g}" if card.eps_scale != 1 else ""
+    how = (f", η {card.guidance_parallel:g}" if card.guidance_parallel != 1 else "") + eps
     inception, classifier = InceptionFeatures(), load_classifier()
     real = peers.real_features(inception, (args.n_ref + args.n) // 10)
     ref = real[:, : args.n_ref // 10].reshape(-1, real.shape[-1])
@@ -149,23 +161,25 @@ def main() -> None:
     for nfe in map(int, args.teacher_nfes.split(",")):
         for spec in filter(None, args.ours.split(",")):
             sampler, grid = spec.split(":")
-            jobs.append(("teacher, ours", f"{spec} guided {w:g}", teacher,
+            jobs.append(("teacher, ours", f"{spec} guided {w:g}{how}", teacher,
                          lambda s=sampler, g=grid, k=nfe // 2: ours(teacher, s, g, k, w, args.n, args.seed)))
             interval = parse_interval(args.guidance_interval) if args.guidance_interval else \
                 teacher.config.sample.guidance_interval
             if args.interval and interval:
                 lo, hi = interval
                 k = steps_within(teacher, grid, nfe, (lo, hi))
-                jobs.append(("teacher, ours", f"{spec} guided {w:g} in σ ∈ [{lo:g}, {hi:g}], {k} steps", teacher,
+                jobs.append(("teacher, ours", f"{spec} guided {w:g}{how} in σ ∈ [{lo:g}, {hi:g}], {k} steps", teacher,
                              lambda s=sampler, g=grid, k=k, iv=(lo, hi):
                              ours(teacher, s, g, k, w, args.n, args.seed, iv)))
             if args.unguided:
-                jobs.append(("teacher, ours", f"{spec} unguided", teacher,
+                jobs.append(("teacher, ours", f"{spec} unguided{eps}", teacher,
                              lambda s=sampler, g=grid, k=nfe: ours(teacher, s, g, k, 1.0, args.n, args.seed)))
+    theirs_w = [float(x) for x in args.diffusers_guidance.split(",")] if args.diffusers_guidance else [w]
     for nfe in map(int, args.diffusers_nfes.split(",")):
         for spec in filter(None, args.diffusers.split(",")):
-            jobs.append(("teacher, diffusers", f"{spec} guided {w:g}", teacher,
-                         lambda s=spec, k=nfe // 2: theirs(teacher, s, k, w, args.n, args.seed)))
+            for wd in theirs_w:
+                jobs.append(("teacher, diffusers", f"{spec} guided {wd:g}", teacher,
+                             lambda s=spec, k=nfe // 2, wd=wd: theirs(teacher, s, k, wd, args.n, args.seed)))
             if args.unguided:
                 jobs.append(("teacher, diffusers", f"{spec} unguided", teacher,
                              lambda s=spec, k=nfe: theirs(teacher, s, k, 1.0, args.n, args.seed)))
