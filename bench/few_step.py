@@ -142,8 +142,8 @@ def main() -> None:
         raise SystemExit("--n and --n-ref must be multiples of 10 (classes balanced)")
     torch.set_num_threads(args.threads)
     student, teacher = load_model(args.student), load_model(args.teacher)
-    w = teacher.config.sample.guidance if args.guidance is None else args.guidance
     card = teacher.config.sample
+    w = card.guidance if args.guidance is None else args.guidance
     eps = f", ε̂/{card.eps_scale:g}" if card.eps_scale != 1 else ""
     how = (f", η {card.guidance_parallel:g}" if card.guidance_parallel != 1 else "") + eps
     inception, classifier = InceptionFeatures(), load_classifier()
@@ -163,8 +163,7 @@ def main() -> None:
             sampler, grid = spec.split(":")
             jobs.append(("teacher, ours", f"{spec} guided {w:g}{how}", teacher,
                          lambda s=sampler, g=grid, k=nfe // 2: ours(teacher, s, g, k, w, args.n, args.seed)))
-            interval = parse_interval(args.guidance_interval) if args.guidance_interval else \
-                teacher.config.sample.guidance_interval
+            interval = parse_interval(args.guidance_interval) if args.guidance_interval else card.guidance_interval
             if args.interval and interval:
                 lo, hi = interval
                 k = steps_within(teacher, grid, nfe, (lo, hi))
