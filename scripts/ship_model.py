@@ -3,7 +3,7 @@
     .venv/bin/python scripts/ship_model.py runs/fashion-mnist fashion-mnist \
         --command "undiffuse train configs/fashion-mnist.toml" --seconds 7800
     .venv/bin/python scripts/ship_model.py runs/fashion-mnist-fast fashion-mnist-fast \
-        --command "undiffuse train configs/fashion-mnist-fast.toml" --set sample.steps=1
+        --command "undiffuse train configs/fashion-mnist-fast.toml" --set sample.steps=4
     .venv/bin/python scripts/ship_model.py --card-only fashion-mnist --set sample.guidance=4.0
 
 Writes src/undiffuse/pretrained/NAME/model.safetensors (the run's model.safetensors, or the EMA part

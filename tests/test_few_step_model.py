@@ -20,9 +20,9 @@ def fast(one_thread):
     return load_model("fashion-mnist-fast"), load_classifier()
 
 
-def test_the_card_samples_in_one_evaluation():
+def test_the_card_samples_in_four_steps_of_one_evaluation():
     card = load_model("fashion-mnist-fast").config.sample
-    assert (card.sampler, card.grid, card.steps, card.guidance) == ("consistency", "distilled", 1, 1.0)
+    assert (card.sampler, card.grid, card.steps, card.guidance) == ("consistency", "distilled", 4, 1.0)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
